@@ -1,0 +1,45 @@
+import math
+
+import pytest
+import torch
+
+from addsr.colorfix import adain_color_fix, color_fix, wavelet_blur, wavelet_color_fix, wavelet_decompose
+
+
+def test_adain_matches_hand_computed_values():
+    image = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(1, 1, 2, 2).repeat(1, 3, 1, 1)
+    reference = torch.tensor([0.5, 0.7, 0.5, 0.7]).view(1, 1, 2, 2).repeat(1, 3, 1, 1)
+    image_std = math.sqrt(0.05 / 3 + 1e-5)  # unbiased variance of 0.1..0.4 around 0.25, plus eps
+    reference_std = math.sqrt(0.04 / 3 + 1e-5)  # unbiased variance of 0.5/0.7 around 0.6, plus eps
+    expected = [(v - 0.25) / image_std * reference_std + 0.6 for v in (0.1, 0.2, 0.3, 0.4)]
+    result = adain_color_fix(image, reference)
+    torch.testing.assert_close(result[0, 1].flatten(), torch.tensor(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_wavelet_blur_taps_by_hand():
+    impulse = torch.zeros(1, 3, 9, 9)
+    impulse[..., 4, 4] = 1.0
+    blurred = wavelet_blur(impulse, dilation=2)
+    expected = torch.zeros(9, 9)
+    for dy, wy in ((-2, 1), (0, 2), (2, 1)):
+        for dx, wx in ((-2, 1), (0, 2), (2, 1)):
+            expected[4 + dy, 4 + dx] = wy * wx / 16
+    torch.testing.assert_close(blurred[0, 2], expected)
+
+
+def test_wavelet_split_adds_up_and_takes_the_reference_low_frequencies():
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 40, 40)
+    high, low = wavelet_decompose(image)
+    torch.testing.assert_close(high + low, image, rtol=0, atol=1e-6)
+    reference = torch.full_like(image, 0.3)  # a constant's low frequencies are the constant itself
+    expected = (high + 0.3).clamp(0, 1)
+    torch.testing.assert_close(wavelet_color_fix(image, reference), expected, rtol=0, atol=1e-6)
+
+
+def test_color_fix_dispatch():
+    image, reference = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
+    assert torch.equal(color_fix(image, reference, "none"), image)
+    assert torch.equal(color_fix(image, reference, "adain"), adain_color_fix(image, reference))
+    with pytest.raises(ValueError, match="adain, wavelet, none"):
+        color_fix(image, reference, "histogram")
