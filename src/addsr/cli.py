@@ -1,0 +1,122 @@
+"""The `addsr` command line: a thin shell over the Python API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="AddSR: fast diffusion-based blind image super-resolution.", no_args_is_help=True)
+
+ModelOption = Annotated[Optional[Path], typer.Option("--model", help="Model folder (unet/, controlnet/, ...).")]
+BaseOption = Annotated[
+    Optional[Path], typer.Option("--base-model", help="Stable Diffusion 2 base folder for parts the model lacks.")
+]
+
+
+@app.callback()
+def main() -> None:
+    """AddSR: fast diffusion-based blind image super-resolution."""
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def upscale(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG, JPEG, WebP).")],
+    out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Folder for the upscaled PNGs.")],
+    model: ModelOption = None,
+    base_model: BaseOption = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=4, help="Student steps (1 to 4).")] = 4,
+    psr_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="PSR blend weight; 0 turns PSR off.")] = 0.4,
+    prompt: Annotated[str, typer.Option(help="Extra words for the text prompt.")] = "",
+    color_fix: Annotated[str, typer.Option(help="adain, wavelet or none.")] = "adain",
+    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance; off at <= 1.")] = 0.0,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible results.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")] = "auto",
+    ram: Annotated[Optional[Path], typer.Option(help="RAM checkpoint ram_swin_large_14m.pth.")] = None,
+    dape: Annotated[Optional[Path], typer.Option(help="DAPE checkpoint, loaded over RAM.")] = None,
+    ram_tag_list: Annotated[Optional[Path], typer.Option(help="RAM's ram_tag_list.txt.")] = None,
+    ram_tag_thresholds: Annotated[Optional[Path], typer.Option(help="RAM's ram_tag_list_threshold.txt.")] = None,
+    save_prompt: Annotated[bool, typer.Option(help="Write the prompt used beside each output (.txt).")] = False,
+) -> None:
+    """Upscale images x4 into OUT_DIR."""
+    from .colorfix import COLOR_FIXES
+    from .pipeline import AddSRPipeline
+    from .upscale import UpscaleSettings, upscale_files
+
+    if color_fix not in COLOR_FIXES:
+        _fail(f"--color-fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
+    if model is None:
+        _fail("no default model is installed yet: pass --model MODEL_DIR (and --base-model SD2_DIR if needed)")
+    try:
+        pipe = AddSRPipeline.from_pretrained(
+            model, base_model_dir=base_model, device=device, dtype=dtype, ram=ram, dape=dape,
+            ram_tag_list=ram_tag_list, ram_tag_thresholds=ram_tag_thresholds,
+        )
+    except (FileNotFoundError, ValueError, OSError) as error:
+        _fail(f"cannot load the model: {error}")
+    settings = UpscaleSettings(
+        num_steps=steps, psr_weight=psr_weight, prompt=prompt, color_fix=color_fix,
+        guidance_scale=guidance_scale, seed=seed, save_prompt=save_prompt,
+    )
+    report = upscale_files(pipe, inputs, out_dir, settings)
+    for path, reason in report.failed:
+        typer.echo(f"error: {path}: {reason}", err=True)
+    typer.echo(f"{len(report.written)} written to {out_dir}, {len(report.failed)} failed")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def assemble(
+    base: Annotated[Path, typer.Option(help="Stable Diffusion 2 base folder (vae/, text_encoder/, ...).")],
+    model: Annotated[Path, typer.Option(help="AddSR or SeeSR folder (unet/, controlnet/).")],
+    ram: Annotated[Path, typer.Option(help="RAM checkpoint ram_swin_large_14m.pth.")],
+    tag_list: Annotated[Path, typer.Option(help="RAM's ram_tag_list.txt.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="The model folder to write.")],
+    dape: Annotated[Optional[Path], typer.Option(help="DAPE checkpoint, merged into RAM.")] = None,
+    tag_thresholds: Annotated[Optional[Path], typer.Option(help="RAM's ram_tag_list_threshold.txt.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Gather SD2 base, AddSR weights and RAM/DAPE into one checked model folder."""
+    from .assemble import AssembleError, assemble_model
+
+    try:
+        folder = assemble_model(base, model, ram, dape, tag_list, tag_thresholds, out, overwrite=overwrite)
+    except AssembleError as error:
+        _fail(str(error), code=1)
+    typer.echo(f"model folder written: {folder}")
+
+
+@app.command()
+def degrade(
+    hr_dir: Annotated[Path, typer.Argument(help="Folder of HR images.")],
+    out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Writes hr/ and lr/ here.")],
+    kind: Annotated[str, typer.Option(help="realesrgan, bicubic, blur, noise or noise_jpeg.")] = "realesrgan",
+    crop: Annotated[int, typer.Option(help="Centre crop of the HR, in pixels; 0 keeps the whole image.")] = 512,
+    seed: Annotated[int, typer.Option(help="Run seed; each image's seed derives from it and its name.")] = 0,
+    scale: Annotated[int, typer.Option(help="Downscaling factor.")] = 4,
+    device: Annotated[str, typer.Option(help="cpu, cuda or mps.")] = "cpu",
+) -> None:
+    """Write paired LR/HR data with a synthetic degradation."""
+    from .degradations import DEGRADATION_KINDS, DegradeFolderError, degrade_folder
+
+    if kind not in DEGRADATION_KINDS:
+        _fail(f"--kind must be one of {', '.join(DEGRADATION_KINDS)}, got {kind!r}")
+    try:
+        written = degrade_folder(hr_dir, out_dir, kind=kind, crop=crop or None, seed=seed, scale=scale, device=device)
+    except DegradeFolderError as error:
+        _fail(str(error), code=1)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as error:
+        _fail(str(error))
+    typer.echo(f"{len(written)} LR/HR pairs written to {out_dir}")
+
+
+if __name__ == "__main__":
+    app()

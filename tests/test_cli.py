@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from addsr.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def model_dir(plain_pipe, tmp_path) -> Path:
+    return plain_pipe.save_pretrained(tmp_path / "model")
+
+
+@pytest.fixture
+def inputs(tmp_path) -> Path:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    Image.new("RGB", (20, 12), (120, 60, 200)).save(folder / "good.png")
+    Image.new("RGB", (9, 15), (10, 160, 20)).save(folder / "small.jpg")
+    (folder / "fake.png").write_text("not an image")
+    return folder
+
+
+def test_upscale_folder_with_a_bad_input(model_dir, inputs, tmp_path):
+    out = tmp_path / "out"
+    missing = tmp_path / "missing.webp"
+    result = runner.invoke(app, ["upscale", str(inputs), str(missing), "-o", str(out), "--model", str(model_dir),
+                                 "--steps", "2", "--seed", "1", "--device", "cpu", "--save-prompt"])
+    assert result.exit_code == 1, result.output
+    assert f"{inputs / 'fake.png'}: not an image" in result.output
+    assert f"{missing}: no such file" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["good.png", "good.txt", "small.png", "small.txt"]
+    with Image.open(out / "good.png") as good, Image.open(out / "small.png") as small:
+        assert good.size == (80, 48) and small.size == (36, 60)
+    assert (out / "good.txt").read_text().endswith(",clean, high-resolution, 8k, extremely detailed, best quality, sharp")
+
+
+def test_upscale_is_reproducible_and_exits_zero(model_dir, inputs, tmp_path):
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        result = runner.invoke(app, ["upscale", str(inputs / "good.png"), "-o", str(out), "--model", str(model_dir),
+                                     "--steps", "1", "--seed", "3", "--color-fix", "wavelet", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        outputs.append((out / "good.png").read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def test_clear_errors_for_bad_options(model_dir, inputs, tmp_path):
+    result = runner.invoke(app, ["upscale", str(inputs), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--model" in result.output
+    result = runner.invoke(app, ["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(tmp_path)])
+    assert result.exit_code == 2 and "has no 'unet/' folder" in result.output
+    result = runner.invoke(app, ["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(model_dir),
+                                 "--color-fix", "magic"])
+    assert result.exit_code == 2 and "adain, wavelet, none" in result.output
+
+
+def test_degrade_writes_pairs(tmp_path):
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.new("RGB", (40, 32), (10, 200, 90)).save(hr / "a.png")
+    result = runner.invoke(app, ["degrade", str(hr), "-o", str(tmp_path / "pairs"), "--kind", "noise", "--crop", "0"])
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "pairs" / "lr" / "a.png") as lr, Image.open(tmp_path / "pairs" / "hr" / "a.png") as hr:
+        assert lr.size == (10, 8) and hr.size == (40, 32)
+    result = runner.invoke(app, ["degrade", str(hr), "-o", str(tmp_path / "p"), "--kind", "fog"])
+    assert result.exit_code == 2 and "realesrgan, bicubic" in result.output
