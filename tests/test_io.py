@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -54,6 +56,9 @@ def test_save_image_writes_the_suffix_format(tmp_path):
     with Image.open(path) as written:
         assert written.format == "PNG" and written.getpixel((0, 0)) == (1, 2, 3)
     assert [p.name for p in path.parent.iterdir()] == ["out.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only mode
 
 
 @pytest.mark.parametrize("size, new_size", [((20, 28), (80, 112)), ((33, 47), (128, 184)), ((128, 200), (64, 50))])
