@@ -2,6 +2,7 @@
 ``calculate_niqe``: Y channel rounded to integers, 96x96 blocks without overlap, two scales."""
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -68,12 +69,18 @@ def load_niqe_params(path: Optional[Union[str, os.PathLike]] = None) -> NiqePara
 
 
 def fit_aggd(x: np.ndarray) -> tuple[float, float, float]:
-    """Shape ``alpha`` and left/right scales of an asymmetric generalised Gaussian (moment matching)."""
+    """Shape ``alpha`` and left/right scales of an asymmetric generalised Gaussian (moment matching).
+
+    A flat block has no negative or positive values: its features are NaN, and the NaN-aware pooling
+    leaves them out, as basicsr does.
+    """
     x = x.ravel()
-    left_std = np.sqrt(np.mean(x[x < 0] ** 2))
-    right_std = np.sqrt(np.mean(x[x > 0] ** 2))
-    gamma_hat = left_std / right_std
-    r_hat = np.mean(np.abs(x)) ** 2 / np.mean(x**2)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        left_std = np.sqrt(np.mean(x[x < 0] ** 2))
+        right_std = np.sqrt(np.mean(x[x > 0] ** 2))
+        gamma_hat = left_std / right_std
+        r_hat = np.mean(np.abs(x)) ** 2 / np.mean(x**2)
     r_hat_norm = r_hat * (gamma_hat**3 + 1) * (gamma_hat + 1) / (gamma_hat**2 + 1) ** 2
     alpha = _ALPHAS[np.argmin((_MOMENT_RATIO - r_hat_norm) ** 2)]
     spread = np.sqrt(gamma(1.0 / alpha) / gamma(3.0 / alpha))
