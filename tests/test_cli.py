@@ -69,3 +69,18 @@ def test_degrade_writes_pairs(tmp_path):
         assert lr.size == (10, 8) and hr.size == (40, 32)
     result = runner.invoke(app, ["degrade", str(hr), "-o", str(tmp_path / "p"), "--kind", "fog"])
     assert result.exit_code == 2 and "realesrgan, bicubic" in result.output
+
+
+def test_eval_runs_baselines_and_names_bad_input(tmp_path):
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.new("RGB", (48, 40), (200, 120, 40)).save(hr / "a.png")
+    out = tmp_path / "eval"
+    args = ["eval", "--hr", f"tiny={hr}", "-m", "bicubic", "-m", "lanczos", "-o", str(out),
+            "--degradations", "bicubic,noise", "--metrics", "psnr,ssim", "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "4 results computed, 0 already done" in result.output
+    assert "4 results computed" not in runner.invoke(app, args).output  # resumed: nothing recomputed
+    result = runner.invoke(app, ["eval", "--hr", f"tiny={hr}", "-o", str(out), "--metrics", "sharpness"])
+    assert result.exit_code == 2 and "Unknown metrics ['sharpness']" in result.output

@@ -118,5 +118,60 @@ def degrade(
     typer.echo(f"{len(written)} LR/HR pairs written to {out_dir}")
 
 
+def _comma_list(text: str | None) -> list[str] | None:
+    return [item.strip() for item in text.split(",") if item.strip()] if text else None
+
+
+def _named_folders(values: list[str], kind: str) -> list:
+    from .evaluation import DatasetSpec
+
+    specs = []
+    for value in values:
+        name, separator, folder = value.partition("=")
+        if not separator:
+            _fail(f"expected NAME=FOLDER, got {value!r}")
+        specs.append(DatasetSpec(name, Path(folder), kind))
+    return specs
+
+
+@app.command(name="eval")
+def evaluate(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML evaluation config (see configs/).")] = None,
+    hr: Annotated[list[str], typer.Option(help="NAME=FOLDER of HR images (synthetic degradations).")] = [],
+    real: Annotated[list[str], typer.Option(help="NAME=FOLDER of real LR images (no-reference metrics).")] = [],
+    method: Annotated[list[str], typer.Option("-m", "--method", help="bicubic, lanczos, spandrel:PATH, addsr:DIR[,steps=N,...].")] = [],
+    out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Results folder.")] = None,
+    degradations: Annotated[Optional[str], typer.Option(help="Comma-separated: bicubic,blur,noise,noise_jpeg.")] = None,
+    metrics: Annotated[Optional[str], typer.Option(help="Comma-separated, e.g. psnr,ssim,niqe,lpips.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of degradations and sampling.")] = None,
+    niqe_params: Annotated[Optional[Path], typer.Option(help="NIQE pristine parameters (.npz).")] = None,
+    iqa_weights: Annotated[Optional[Path], typer.Option(help="Folder of pyiqa weights (torch hub layout).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")] = None,
+) -> None:
+    """Benchmark methods under the paper's protocol: tables, per-image JSON, grids and a plot."""
+    import dataclasses
+
+    from .evaluation import EvalConfig, evaluate as run_evaluation, load_config
+    from .metrics import MetricUnavailable
+
+    overrides = {"out_dir": out_dir, "methods": method or None, "degradations": _comma_list(degradations),
+                 "metrics": _comma_list(metrics), "seed": seed, "device": device}
+    datasets = _named_folders(hr, "synthetic") + _named_folders(real, "real")
+    try:
+        if config is not None:
+            settings = load_config(config, **overrides)
+            settings.datasets += datasets
+        else:
+            settings = EvalConfig(datasets=datasets, **{k: v for k, v in overrides.items() if v is not None})
+        metric_overrides = {"niqe_params_path": niqe_params, "iqa_weights_dir": iqa_weights}
+        settings.metric_settings = dataclasses.replace(
+            settings.metric_settings, **{k: v for k, v in metric_overrides.items() if v is not None}
+        )
+        run = run_evaluation(settings)
+    except (ValueError, FileNotFoundError, ImportError, MetricUnavailable) as error:
+        _fail(str(error))
+    typer.echo(f"{run.computed} results computed, {run.skipped} already done; report in {run.out_dir}")
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,241 @@
+"""Super-resolution methods behind one interface: AddSR models, PIL interpolation and spandrel-loadable networks.
+
+A method is built cheaply (arguments only) and loads its weights in :meth:`SuperResolutionMethod.load`, so that an
+evaluation whose images are all done never loads a model. :func:`parse_method` builds one from a short text spec,
+the form the command line and the config files use.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..colorfix import COLOR_FIXES
+from ..devices import resolve_device, resolve_dtype
+from ..diffusion import student_timesteps
+from ..io import pil_to_tensor, tensor_to_pil
+
+logger = logging.getLogger(__name__)
+
+METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+PIL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+SPANDREL_HINT = "pip install 'addsr[baselines]' (spandrel)"
+
+
+class SuperResolutionMethod(ABC):
+    """Upscales one LR image at a time by ``scale``; ``name`` is its column in the tables and its folder name."""
+
+    def __init__(self, name: str, scale: int):
+        if not METHOD_NAME.fullmatch(name):
+            raise ValueError(
+                f"Method name {name!r} is not usable as a folder name: use letters, digits, '.', '_', '+' or '-'"
+            )
+        self.name = name
+        self.scale = scale
+
+    @property
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """Everything that determines the outputs, kept in every per-image record (JSON types only)."""
+
+    def load(self) -> None:
+        """Load weights (no-op for methods without any)."""
+
+    def unload(self) -> None:
+        """Free the weights once the method's images are done."""
+
+    @abstractmethod
+    def upscale(self, lr: torch.Tensor, seed: int) -> torch.Tensor:
+        """``[1, 3, h, w]`` in ``[0, 1]`` -> ``[1, 3, scale*h, scale*w]`` in ``[0, 1]`` on the CPU; ``seed`` fixes
+        any randomness so that every image has its own reproducible draw."""
+
+
+class InterpolationMethod(SuperResolutionMethod):
+    """PIL's ``Image.resize`` with the bicubic or Lanczos filter, on the 8-bit LR image."""
+
+    def __init__(self, kind: str = "bicubic", scale: int = 4, name: str | None = None):
+        if kind not in PIL_FILTERS:
+            raise ValueError(f"Unknown interpolation {kind!r}: choose one of {', '.join(PIL_FILTERS)}")
+        super().__init__(name or kind, scale)
+        self.kind = kind
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"type": self.kind, "implementation": f"PIL Image.resize, Resampling.{self.kind.upper()}",
+                "scale": self.scale}
+
+    def upscale(self, lr: torch.Tensor, seed: int) -> torch.Tensor:
+        image = tensor_to_pil(lr)[0]
+        return pil_to_tensor(image.resize((image.width * self.scale, image.height * self.scale), PIL_FILTERS[self.kind]))
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file, or of a ``.pth``/``.ckpt``/``.pt`` file loaded with ``weights_only``."""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class SpandrelMethod(SuperResolutionMethod):
+    """Any super-resolution network spandrel recognises from its weights (ESRGAN/Real-ESRGAN, SwinIR, HAT, ...)."""
+
+    def __init__(
+        self,
+        weights: str | Path,
+        scale: int = 4,
+        name: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ):
+        self.weights = Path(weights).expanduser().resolve()
+        if not self.weights.is_file():
+            raise FileNotFoundError(f"spandrel weights {self.weights} do not exist")
+        super().__init__(name or self.weights.stem, scale)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self._model = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"type": "spandrel", "weights": str(self.weights), "dtype": str(self.dtype).removeprefix("torch."),
+                "scale": self.scale}
+
+    def load(self) -> None:
+        try:
+            import spandrel
+        except ImportError as error:
+            raise ImportError(f"The spandrel method {self.name!r} needs spandrel ({error}); {SPANDREL_HINT}") from None
+        state_dict = spandrel.canonicalize_state_dict(load_state_dict(self.weights))
+        model = spandrel.ModelLoader().load_from_state_dict(state_dict)
+        if not isinstance(model, spandrel.ImageModelDescriptor) or model.purpose != "SR":
+            raise ValueError(f"{self.weights} is a {model.architecture.name} {model.purpose} model, not super-resolution")
+        if model.scale != self.scale:
+            raise ValueError(f"{self.weights} upscales x{model.scale}, but this evaluation is x{self.scale}")
+        if self.dtype == torch.float16 and not model.supports_half:
+            logger.warning("%s does not support float16; running it in float32", model.architecture.name)
+            self.dtype = torch.float32
+        self._model = model.to(self.device).to(self.dtype).eval()
+
+    def unload(self) -> None:
+        self._model = None
+
+    def upscale(self, lr: torch.Tensor, seed: int) -> torch.Tensor:
+        if self._model is None:
+            self.load()
+        return self._model(lr.to(self.device, self.dtype)).float().cpu()
+
+
+class AddSRMethod(SuperResolutionMethod):
+    """An AddSR (or SeeSR) model folder run with a fixed number of steps, PSR weight and colour fix."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        num_steps: int = 4,
+        psr_weight: float = 0.4,
+        color_fix: str = "adain",
+        process_size: int = 512,
+        scale: int = 4,
+        name: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        pipeline_files: dict[str, str | Path] | None = None,
+    ):
+        """``pipeline_files``: extra paths for ``AddSRPipeline.from_pretrained`` (``base_model_dir``, ``ram``,
+        ``dape``, ``ram_tag_list``, ``ram_tag_thresholds``)."""
+        self.model_dir = Path(model_dir).expanduser().resolve()
+        if not self.model_dir.is_dir():
+            raise FileNotFoundError(f"AddSR model folder {self.model_dir} does not exist")
+        super().__init__(name or f"{self.model_dir.name}-{num_steps}step", scale)
+        student_timesteps(num_steps)  # checks the range
+        if color_fix not in COLOR_FIXES:
+            raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
+        if not 0.0 <= psr_weight <= 1.0:
+            raise ValueError(f"psr_weight must be in [0, 1], got {psr_weight}")
+        self.num_steps, self.psr_weight, self.color_fix = num_steps, psr_weight, color_fix
+        self.process_size = process_size
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.pipeline_files = {key: Path(value).expanduser().resolve() for key, value in (pipeline_files or {}).items()}
+        self._pipe = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {
+            "type": "addsr", "model_dir": str(self.model_dir), "num_steps": self.num_steps,
+            "psr_weight": self.psr_weight, "color_fix": self.color_fix, "process_size": self.process_size,
+            "dtype": str(self.dtype).removeprefix("torch."), "scale": self.scale,
+            **{key: str(value) for key, value in self.pipeline_files.items()},
+        }
+
+    def load(self) -> None:
+        from ..pipeline import AddSRPipeline
+
+        self._pipe = AddSRPipeline.from_pretrained(self.model_dir, device=self.device, dtype=self.dtype,
+                                                   **self.pipeline_files)
+        self._pipe.progress_bar = False
+
+    def unload(self) -> None:
+        self._pipe = None
+
+    def upscale(self, lr: torch.Tensor, seed: int) -> torch.Tensor:
+        if self._pipe is None:
+            self.load()
+        result = self._pipe(
+            lr, num_steps=self.num_steps, psr_weight=self.psr_weight, color_fix=self.color_fix, upscale=self.scale,
+            process_size=self.process_size, generator=torch.Generator().manual_seed(seed), output_type="pt",
+        )
+        return result.images.float().cpu()
+
+
+ADDSR_OPTIONS = {"steps": ("num_steps", int), "psr_weight": ("psr_weight", float), "color_fix": ("color_fix", str),
+                 "process_size": ("process_size", int)}
+ADDSR_FILES = {"base_model": "base_model_dir", "ram": "ram", "dape": "dape", "ram_tag_list": "ram_tag_list",
+               "ram_tag_thresholds": "ram_tag_thresholds"}
+METHOD_SPEC_HELP = (
+    "bicubic | lanczos | spandrel:WEIGHTS | addsr:MODEL_DIR, then optional ',key=value' options: name (all); "
+    f"{', '.join([*ADDSR_OPTIONS, *ADDSR_FILES])} (addsr)"
+)
+
+
+def _options(spec: str, items: list[str], allowed: set[str]) -> dict[str, str]:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in allowed:
+            raise ValueError(f"Bad option {item!r} in method {spec!r}; options here: {sorted(allowed)}. "
+                             f"Format: {METHOD_SPEC_HELP}")
+        options[key] = value
+    return options
+
+
+def parse_method(
+    spec: str, scale: int = 4, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> SuperResolutionMethod:
+    """A method from a spec such as ``bicubic``, ``spandrel:weights/realesrgan-x4plus.pth,name=Real-ESRGAN`` or
+    ``addsr:models/addsr,steps=1,psr_weight=0.4,color_fix=wavelet`` (see ``METHOD_SPEC_HELP``)."""
+    head, *items = spec.split(",")
+    kind, _, path = head.partition(":")
+    if kind in PIL_FILTERS and not path:
+        return InterpolationMethod(kind, scale, **_options(spec, items, {"name"}))
+    if kind == "spandrel" and path:
+        return SpandrelMethod(path, scale, device=device, dtype=dtype, **_options(spec, items, {"name"}))
+    if kind == "addsr" and path:
+        options = _options(spec, items, {"name", *ADDSR_OPTIONS, *ADDSR_FILES})
+        try:
+            arguments = {ADDSR_OPTIONS[key][0]: ADDSR_OPTIONS[key][1](value) for key, value in options.items()
+                         if key in ADDSR_OPTIONS}
+        except ValueError as error:
+            raise ValueError(f"Bad option value in method {spec!r}: {error}") from None
+        files = {ADDSR_FILES[key]: value for key, value in options.items() if key in ADDSR_FILES}
+        return AddSRMethod(path, scale=scale, name=options.get("name"), device=device, dtype=dtype,
+                           pipeline_files=files, **arguments)
+    raise ValueError(f"Cannot read method {spec!r}; expected {METHOD_SPEC_HELP}")
