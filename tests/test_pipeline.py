@@ -209,3 +209,14 @@ def test_bad_arguments_are_named(tiny_pipe):
         run(tiny_pipe, lr_image(), psr_weight=1.5)
     with pytest.raises(ValueError, match="2 prompts for 1 images"):
         run(tiny_pipe, lr_image(), prompt=["a", "b"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_runs_close_to_float32_with_the_vae_kept_safe(tiny_pipe, dtype):
+    expected = run(tiny_pipe, lr_image(), num_steps=2).images
+    tiny_pipe.to("cpu", dtype)
+    assert tiny_pipe.unet.dtype == dtype
+    assert tiny_pipe.vae.dtype == (torch.float32 if dtype == torch.float16 else dtype)
+    result = run(tiny_pipe, lr_image(), num_steps=2).images
+    assert result.dtype == torch.float32 and torch.isfinite(result).all()
+    assert (result - expected).abs().mean() < 0.05
