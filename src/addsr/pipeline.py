@@ -242,7 +242,8 @@ class AddSRPipeline:
             text = torch.cat([self.encode_prompts([negative_prompt] * batch), text])
 
         # Start point (2.4). Random draws, in order: start noise, VAE posterior sample, one re-noise per later step.
-        latent_shape = (batch, self.unet.config.in_channels, *(s // 8 for s in condition_lr.shape[-2:]))
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        latent_shape = (batch, self.unet.config.in_channels, *(s // factor for s in condition_lr.shape[-2:]))
         latents = randn_tensor(latent_shape, generator=generator, device=self.device, dtype=self.dtype)
         if start_point == "lr":
             lr_latents = self.encode_image(condition_lr, generator)
