@@ -173,5 +173,41 @@ def evaluate(
     typer.echo(f"{run.computed} results computed, {run.skipped} already done; report in {run.out_dir}")
 
 
+train_app = typer.Typer(help="Train the SeeSR-style teacher or distil an AddSR student with TA-ADD.",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+ConfigArgument = Annotated[Path, typer.Argument(help="YAML or TOML training config (see configs/).")]
+SetOption = Annotated[list[str], typer.Option("--set", help="Override a config value: key.subkey=value.")]
+
+
+def _train(kind: str, config: Path, overrides: list[str]) -> None:
+    import logging
+
+    from . import training
+
+    config_class, run = {
+        "teacher": (training.TeacherTrainingConfig, training.train_teacher),
+        "distill": (training.DistillationConfig, training.train_distill),
+    }[kind]
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = training.load_config(config, config_class, overrides)
+    except (training.ConfigError, FileNotFoundError) as error:
+        _fail(str(error))
+    typer.echo(f"last checkpoint: {run(settings)}")
+
+
+@train_app.command("teacher")
+def train_teacher(config: ConfigArgument, overrides: SetOption = []) -> None:
+    """Train the multi-step teacher (epsilon loss, LR-conditioned ControlNet)."""
+    _train("teacher", config, overrides)
+
+
+@train_app.command("distill")
+def train_distill(config: ConfigArgument, overrides: SetOption = []) -> None:
+    """Distil the teacher into the few-step student with TA-ADD."""
+    _train("distill", config, overrides)
+
+
 if __name__ == "__main__":
     app()

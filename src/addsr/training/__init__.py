@@ -1,12 +1,25 @@
-"""TA-ADD training of the AddSR student: losses, the projected discriminator, trainable-parameter selection."""
+"""Training: the SeeSR-style teacher and TA-ADD distillation of the AddSR student, on one device or many."""
 
-from .diffaug import diff_augment
-from .discriminator import (
-    ProjectedDiscriminator,
-    ProjectedDiscriminatorConfig,
-    create_backbone,
-    load_backbone_weights,
+from .checkpoints import TrainingState, list_checkpoints, resolve_resume
+from .components import FrozenComponents, select_trainable
+from .config import (
+    ConfigError,
+    DataConfig,
+    DistillationConfig,
+    DistillationModelConfig,
+    OptimizationConfig,
+    OutputConfig,
+    TaggerConfig,
+    TeacherModelConfig,
+    TeacherTrainingConfig,
+    load_config,
 )
+from .data import HRCropDataset, ShardedSampler, TrainingBatch, TrainingBatchMaker
+from .diffaug import diff_augment
+from .discriminator import ProjectedDiscriminator, ProjectedDiscriminatorConfig, create_backbone, load_backbone_weights
+from .distill import DistillationObjective, train_distill
+from .ema import ExponentialMovingAverage
+from .runner import Objective, TrainingRun
 from .ta_add import (
     DiscriminatorLosses,
     GeneratorLosses,
@@ -17,23 +30,52 @@ from .ta_add import (
     discriminator_hinge_loss,
     generator_adversarial_loss,
 )
+from .teacher import TeacherLoss, TeacherLosses, TeacherObjective, train_teacher
 from .trainable import DEFAULT_TRAINABLE, freeze_all_but, trainable_parameters
 
 __all__ = [
+    "ConfigError",
     "DEFAULT_TRAINABLE",
+    "DataConfig",
     "DiscriminatorLosses",
+    "DistillationConfig",
+    "DistillationModelConfig",
+    "DistillationObjective",
+    "ExponentialMovingAverage",
+    "FrozenComponents",
     "GeneratorLosses",
+    "HRCropDataset",
+    "Objective",
+    "OptimizationConfig",
+    "OutputConfig",
     "ProjectedDiscriminator",
     "ProjectedDiscriminatorConfig",
+    "ShardedSampler",
     "TAADDConfig",
     "TAADDLoss",
     "TAADDStep",
+    "TaggerConfig",
+    "TeacherLoss",
+    "TeacherLosses",
+    "TeacherModelConfig",
+    "TeacherObjective",
+    "TeacherTrainingConfig",
     "TimestepAdaptiveWeight",
+    "TrainingBatch",
+    "TrainingBatchMaker",
+    "TrainingRun",
+    "TrainingState",
     "create_backbone",
     "diff_augment",
     "discriminator_hinge_loss",
     "freeze_all_but",
     "generator_adversarial_loss",
+    "list_checkpoints",
     "load_backbone_weights",
+    "load_config",
+    "resolve_resume",
+    "select_trainable",
+    "train_distill",
+    "train_teacher",
     "trainable_parameters",
 ]

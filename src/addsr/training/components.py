@@ -1,0 +1,205 @@
+"""Building the models a training run needs from the folders and files named in its configuration."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from diffusers import AutoencoderKL, DDPMScheduler
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from ..diffusion import NoiseSchedule
+from ..models import ControlNet, UNet
+from ..tagging import RAMTagger, Tagger
+from .config import DistillationModelConfig, TaggerConfig, TeacherModelConfig
+from .trainable import trainable_parameters
+
+logger = logging.getLogger(__name__)
+
+FROZEN_PARTS = ("vae", "text_encoder", "tokenizer", "scheduler")
+WHOLE_MODELS = ("unet", "controlnet")
+
+
+@dataclass
+class FrozenComponents:
+    """The parts a run uses but does not train: Stable Diffusion 2's VAE, text encoder, tokenizer and schedule,
+    and the tagger."""
+
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    schedule: NoiseSchedule
+    tagger: Tagger | None
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``vae/ text_encoder/ tokenizer/ scheduler/`` and, when the tagger can save itself, ``ram/``."""
+        folder = Path(folder)
+        self.vae.save_pretrained(folder / "vae")
+        self.text_encoder.save_pretrained(folder / "text_encoder")
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        DDPMScheduler.from_config(self.schedule.config).save_pretrained(folder / "scheduler")
+        if hasattr(self.tagger, "save_pretrained"):
+            self.tagger.save_pretrained(folder / "ram")
+        elif self.tagger is not None:
+            logger.warning("The tagger (%s) cannot save itself: checkpoints will lack ram/", type(self.tagger).__name__)
+        return folder
+
+
+def move_to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """Move to ``device``; cast only when the dtype differs (diffusers warns on every cast)."""
+    module.to(device)
+    parameter = next(module.parameters(), None)
+    if parameter is not None and parameter.dtype != dtype:
+        module.to(dtype=dtype)
+    return module
+
+
+def model_folders(*folders: str | Path | None) -> list[Path]:
+    """The given folders that are set, in order of preference."""
+    return [Path(folder) for folder in folders if folder is not None]
+
+
+def locate(name: str, folders: Sequence[Path]) -> Path:
+    """The first ``folder/name`` that exists, or an error naming the folders searched."""
+    for folder in folders:
+        if (folder / name).is_dir():
+            return folder / name
+    searched = ", ".join(map(str, folders)) or "no folder (none configured)"
+    raise FileNotFoundError(
+        f"No '{name}/' folder in {searched}. Set model.base_model to a Stable Diffusion 2 base folder "
+        "(stabilityai/stable-diffusion-2-base) or point the model folders at complete model folders."
+    )
+
+
+def load_tagger(config: TaggerConfig, folders: Sequence[Path]) -> Tagger | None:
+    """The configured RAM tagger: a saved ``ram/`` folder or RAM's ``.pth`` (plus DAPE); unset: a ``ram/`` folder
+    among ``folders``, else None."""
+    if config.ram is None:
+        if config.dape is not None:
+            raise ValueError("tagger.dape is merged over RAM: set tagger.ram to ram_swin_large_14m.pth too")
+        found = [folder / "ram" for folder in folders if (folder / "ram").is_dir()]
+        return RAMTagger.from_pretrained(found[0]).eval() if found else None
+    ram = Path(config.ram)
+    if ram.is_dir():
+        return RAMTagger.from_pretrained(ram).eval()
+    if config.tag_list is None:
+        raise ValueError(f"tagger.ram = {ram} is a checkpoint: set tagger.tag_list to RAM's ram_tag_list.txt too")
+    return RAMTagger.from_checkpoints(
+        ram, dape=config.dape, tag_list=config.tag_list, tag_thresholds=config.tag_thresholds
+    ).eval()
+
+
+def load_frozen_components(folders: Sequence[Path], tagger: TaggerConfig) -> FrozenComponents:
+    """The VAE, text encoder, tokenizer and schedule from the first of ``folders`` that has each, and the tagger."""
+    return FrozenComponents(
+        vae=AutoencoderKL.from_pretrained(locate("vae", folders)),
+        text_encoder=CLIPTextModel.from_pretrained(locate("text_encoder", folders)),
+        tokenizer=CLIPTokenizer.from_pretrained(locate("tokenizer", folders)),
+        schedule=NoiseSchedule.from_pretrained(locate("scheduler", folders)),
+        tagger=load_tagger(tagger, folders),
+    )
+
+
+def embedding_width(tagger: Tagger) -> int:
+    """Width of the tagger's image embeddings (RAM: 512), from one forward pass on a blank image."""
+    parameter = next(iter(tagger.parameters()), None) if isinstance(tagger, nn.Module) else None
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    with torch.no_grad():
+        blank = torch.zeros(1, 3, tagger.input_size, tagger.input_size, device=device)
+        return int(tagger.embeddings(blank).shape[-1])
+
+
+def load_models(folder: str | Path) -> tuple[UNet, ControlNet]:
+    """The ``unet/`` and ``controlnet/`` of a SeeSR/AddSR model folder."""
+    folder = Path(folder)
+    for name in WHOLE_MODELS:
+        if not (folder / name).is_dir():
+            raise FileNotFoundError(f"{folder} has no '{name}/' folder: is it a SeeSR or AddSR model folder?")
+    return UNet.from_pretrained(folder / "unet"), ControlNet.from_pretrained(folder / "controlnet")
+
+
+def new_teacher_models(base_unet: Path, tagger: Tagger | None, from_scratch: bool) -> tuple[UNet, ControlNet]:
+    """SeeSR's starting point: the Stable Diffusion U-Net (or a random one of its shape) with new image attentions
+    when there is a tagger, and a ControlNet copied from its encoder."""
+    image_kwargs = {"use_image_cross_attention": tagger is not None}
+    if tagger is not None:
+        image_kwargs["image_cross_attention_dim"] = embedding_width(tagger)
+    if from_scratch:
+        unet = UNet.from_config(UNet.load_config(base_unet), **image_kwargs)
+    else:
+        unet = UNet.from_pretrained(base_unet, **image_kwargs)
+    return unet, ControlNet.from_unet(unet)
+
+
+def load_teacher_training_models(
+    config: TeacherModelConfig,
+) -> tuple[UNet, ControlNet, FrozenComponents]:
+    """The U-Net and ControlNet to train (from ``init_model``, else from the base U-Net) and the frozen parts."""
+    folders = model_folders(config.init_model, config.base_model)
+    frozen = load_frozen_components(folders, config.tagger)
+    if config.init_model is not None:
+        unet, controlnet = load_models(config.init_model)
+    else:
+        unet, controlnet = new_teacher_models(locate("unet", model_folders(config.base_model)), frozen.tagger,
+                                              config.from_scratch)
+    return unet, controlnet, frozen
+
+
+@dataclass
+class DistillationModels:
+    student_unet: UNet
+    student_controlnet: ControlNet
+    teacher_unet: UNet
+    teacher_controlnet: ControlNet
+    frozen: FrozenComponents
+
+
+def load_distillation_models(config: DistillationModelConfig) -> DistillationModels:
+    """The frozen teacher, the student (a copy of the teacher unless ``student_model`` is set) and the frozen parts."""
+    if config.teacher_model is None:
+        raise ValueError("Set model.teacher_model to the teacher's folder (unet/, controlnet/), e.g. the SeeSR release")
+    folders = model_folders(config.student_model, config.teacher_model, config.base_model)
+    teacher_unet, teacher_controlnet = load_models(config.teacher_model)
+    if config.student_model is None:
+        student_unet, student_controlnet = copy.deepcopy(teacher_unet), copy.deepcopy(teacher_controlnet)
+    else:
+        student_unet, student_controlnet = load_models(config.student_model)
+    return DistillationModels(
+        student_unet=student_unet,
+        student_controlnet=student_controlnet,
+        teacher_unet=teacher_unet.requires_grad_(False),
+        teacher_controlnet=teacher_controlnet.requires_grad_(False),
+        frozen=load_frozen_components(folders, config.tagger),
+    )
+
+
+def select_trainable(unet: nn.Module, controlnet: nn.Module, patterns: Sequence[str]) -> dict[str, nn.Parameter]:
+    """Freeze ``unet`` and ``controlnet`` except the parameters chosen by ``patterns`` (``unet`` / ``controlnet`` for
+    a whole model, else see :func:`addsr.training.trainable_parameters`); return those, keyed ``unet.<name>`` /
+    ``controlnet.<name>``."""
+    models = {"unet": unet, "controlnet": controlnet}
+    selected: dict[str, nn.Parameter] = {}
+    for pattern in patterns:
+        if pattern in models:
+            selected |= {f"{pattern}.{name}": p for name, p in models[pattern].named_parameters()}
+            continue
+        try:
+            selected |= trainable_parameters(unet, controlnet, [pattern])
+        except ValueError as error:
+            uses_image_attention = getattr(unet.config, "use_image_cross_attention", False)
+            hint = "" if uses_image_attention or "image_attentions" not in pattern else (
+                " (the models have no image cross-attention because no tagger is configured: set model.tagger.ram)"
+            )
+            raise ValueError(f"{error}{hint}") from None
+    if not selected:
+        raise ValueError("The trainable set is empty: list patterns such as 'unet.image_attentions' or 'controlnet'")
+    unet.requires_grad_(False)
+    controlnet.requires_grad_(False)
+    for parameter in selected.values():
+        parameter.requires_grad_(True)
+    return selected

@@ -1,0 +1,131 @@
+"""Teacher training, the SeeSR recipe: epsilon-prediction MSE of the ControlNet-guided U-Net on LR-conditioned samples.
+
+Per sample (as the released ``train_seesr.py`` does): the HR latent, sampled from the VAE posterior, is noised at
+``t`` uniform in ``[0, 1000)`` (no noise offset); the ControlNet's condition is the LR image resized to the HR size
+in ``[0, 1]``; the image cross-attention reads the tagger embeddings of that LR image (bicubic resize to the
+tagger's size); the text is the prompt of the batch. The loss is the mean squared error between the predicted and
+the true noise, in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from accelerate.utils import set_seed
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..diffusion import NoiseSchedule
+from ..tagging import Tagger
+from .components import WHOLE_MODELS, load_teacher_training_models, select_trainable
+from .config import TeacherTrainingConfig
+from .data import TrainingBatch
+from .draws import randint
+from .runner import TrainingRun
+from .ta_add import TAADDLoss
+
+
+@dataclass
+class TeacherLosses:
+    loss: torch.Tensor
+    timesteps: torch.Tensor
+
+    def logs(self) -> dict[str, float]:
+        return {"loss": self.loss.item(), "timestep_mean": self.timesteps.float().mean().item()}
+
+
+class TeacherLoss:
+    """The SeeSR training loss of a U-Net + ControlNet (references only; the VAE and the tagger are frozen here)."""
+
+    def __init__(
+        self,
+        *,
+        unet: nn.Module,
+        controlnet: nn.Module,
+        vae: nn.Module,
+        schedule: NoiseSchedule,
+        tagger: Tagger | None = None,
+    ):
+        self.unet, self.controlnet, self.schedule, self.tagger = unet, controlnet, schedule, tagger
+        self.vae = vae.requires_grad_(False)
+        if isinstance(tagger, nn.Module):
+            tagger.requires_grad_(False)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Scaled VAE latents of ``[0, 1]`` images, sampled from the posterior."""
+        dtype = next(self.vae.parameters()).dtype
+        posterior = self.vae.encode((images * 2 - 1).to(dtype)).latent_dist
+        return posterior.sample(generator).float() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Tagger embeddings of ``[0, 1]`` images after a bicubic resize to its size (SeeSR's ``ram_values``)."""
+        if self.tagger is None:
+            return None
+        size = (self.tagger.input_size, self.tagger.input_size)
+        return self.tagger.embeddings(F.interpolate(images.float(), size=size, mode="bicubic").clamp(0, 1))
+
+    def __call__(
+        self,
+        hr: torch.Tensor,
+        lr: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> TeacherLosses:
+        """``hr`` and ``lr`` ``[B, 3, H, W]`` in ``[0, 1]``, the LR already at the HR size."""
+        if hr.shape != lr.shape:
+            raise ValueError(f"hr and lr must have the same shape (resize the LR to the HR size), got "
+                             f"{tuple(hr.shape)} and {tuple(lr.shape)}")
+        latents = self.encode(hr, generator)
+        noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        timesteps = randint(0, self.schedule.num_train_timesteps, (hr.shape[0],), generator, latents.device)
+        noisy = self.schedule.add_noise(latents, noise, timesteps)
+        predicted = TAADDLoss.predict_noise(
+            self.unet, self.controlnet, noisy, timesteps, text_embeddings, lr, self.image_embeddings(lr)
+        )
+        return TeacherLosses(F.mse_loss(predicted.float(), noise.float()), timesteps)
+
+
+class TeacherObjective:
+    """What the training loop runs per micro-batch of teacher training: the loss and its backward pass."""
+
+    auxiliary = None
+    auxiliary_name = "auxiliary"
+
+    def __init__(self, loss: TeacherLoss):
+        self.loss = loss
+
+    def accumulate(
+        self,
+        batch: TrainingBatch,
+        generator: torch.Generator | None,
+        backward: Callable[[torch.Tensor], None],
+        step_auxiliary: Callable[[], None] | None = None,
+    ) -> dict[str, float]:
+        losses = self.loss(batch.hr, batch.lr, batch.text_embeddings, generator)
+        backward(losses.loss)
+        return losses.logs()
+
+
+def train_teacher(config: TeacherTrainingConfig) -> Path | None:
+    """Train a SeeSR-style teacher as ``config`` says; return the last checkpoint folder.
+
+    Run plainly (one process) or under ``accelerate launch`` (one process per GPU, any number of nodes).
+    """
+    set_seed(config.optimization.seed)  # new image attentions, a U-Net from scratch: the same in every process
+    unet, controlnet, frozen_components = load_teacher_training_models(config.model)
+    patterns = WHOLE_MODELS if config.train_all else config.trainable
+    trainable = select_trainable(unet, controlnet, patterns)
+
+    def make_objective(unet, controlnet, device, dtype) -> TeacherObjective:
+        return TeacherObjective(TeacherLoss(
+            unet=unet, controlnet=controlnet, vae=frozen_components.vae, schedule=frozen_components.schedule,
+            tagger=frozen_components.tagger,
+        ))
+
+    return TrainingRun(config, unet, controlnet, trainable, frozen_components, make_objective).train()
