@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from addsr.diffusion import STUDENT_TIMESTEPS, NoiseSchedule
+from addsr.training.denoiser import tagger_embeddings
 from addsr.training import (
     DEFAULT_TRAINABLE,
     ProjectedDiscriminator,
@@ -244,7 +245,7 @@ def test_teacher_sees_hr_and_student_estimate():
     hr = data[0]
     _, _, losses = iteration(ta_add, data)
     assert len(calls) == 3
-    hr_embeddings = ta_add.image_embeddings(hr)
+    hr_embeddings = tagger_embeddings(ta_add.tagger, hr)
     for k, (args, kwargs) in enumerate(calls):
         assert torch.equal(kwargs["controlnet_cond"], hr)
         assert torch.equal(kwargs["image_encoder_hidden_states"], hr_embeddings)

@@ -59,6 +59,19 @@ def build_prompt(tags: str | None, prompt: str, added_prompt: str) -> str:
     return head + added_prompt
 
 
+def save_base_components(
+    model_dir: Path, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+    schedule: NoiseSchedule, tagger: Tagger | None,
+) -> None:
+    """Write ``vae/ text_encoder/ tokenizer/ scheduler/`` and, when the tagger can save itself, ``ram/``."""
+    vae.save_pretrained(model_dir / "vae")
+    text_encoder.save_pretrained(model_dir / "text_encoder")
+    tokenizer.save_pretrained(model_dir / "tokenizer")
+    DDPMScheduler.from_config(schedule.config).save_pretrained(model_dir / "scheduler")
+    if hasattr(tagger, "save_pretrained"):
+        tagger.save_pretrained(model_dir / "ram")
+
+
 def _locate(name: str, model_dir: Path, base_model_dir: Path | None) -> Path:
     for folder in (model_dir, base_model_dir):
         if folder is not None and (folder / name).is_dir():
@@ -135,12 +148,7 @@ class AddSRPipeline:
         model_dir = Path(model_dir)
         self.unet.save_pretrained(model_dir / "unet")
         self.controlnet.save_pretrained(model_dir / "controlnet")
-        self.vae.save_pretrained(model_dir / "vae")
-        self.text_encoder.save_pretrained(model_dir / "text_encoder")
-        self.tokenizer.save_pretrained(model_dir / "tokenizer")
-        DDPMScheduler.from_config(self.schedule.config).save_pretrained(model_dir / "scheduler")
-        if hasattr(self.tagger, "save_pretrained"):
-            self.tagger.save_pretrained(model_dir / "ram")
+        save_base_components(model_dir, self.vae, self.text_encoder, self.tokenizer, self.schedule, self.tagger)
         return model_dir
 
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> AddSRPipeline:

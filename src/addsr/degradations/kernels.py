@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from . import sampling
+from .. import draws
 from .config import KERNEL_TYPES, BlurKernelConfig
 
 
@@ -85,13 +85,13 @@ def pulse_kernels(count: int, pad_to: int, device: torch.device | str = "cpu") -
 
 def _split_range_beta(value_range: tuple[float, float], count: int, generator, device) -> torch.Tensor:
     """Shape parameter: with probability 1/2 uniform in ``[low, 1]``, else uniform in ``[1, high]``."""
-    below = sampling.uniform(value_range[0], 1.0, count, generator, device)
-    above = sampling.uniform(1.0, value_range[1], count, generator, device)
-    return torch.where(sampling.bernoulli(0.5, count, generator, device), below, above)
+    below = draws.uniform(value_range[0], 1.0, count, generator, device)
+    above = draws.uniform(1.0, value_range[1], count, generator, device)
+    return torch.where(draws.bernoulli(0.5, count, generator, device), below, above)
 
 
 def _random_sizes(sizes: Sequence[int], count: int, generator, device) -> torch.Tensor:
-    index = sampling.categorical([1.0] * len(sizes), count, generator, device)
+    index = draws.categorical([1.0] * len(sizes), count, generator, device)
     return torch.tensor(sizes, device=device)[index]
 
 
@@ -105,21 +105,21 @@ def random_blur_kernels(
     """``[count, pad_to, pad_to]`` kernels, each with its own size, type (or sinc) and parameters."""
     device = torch.device(device)
     sizes = _random_sizes(config.kernel_sizes, count, generator, device)
-    kernel_type = sampling.categorical(config.kernel_probs, count, generator, device)
-    sigma_x = sampling.uniform(*config.sigma_range, count, generator, device)
-    sigma_y = sampling.uniform(*config.sigma_range, count, generator, device)
-    rotation = sampling.uniform(*config.rotation_range, count, generator, device)
+    kernel_type = draws.categorical(config.kernel_probs, count, generator, device)
+    sigma_x = draws.uniform(*config.sigma_range, count, generator, device)
+    sigma_y = draws.uniform(*config.sigma_range, count, generator, device)
+    rotation = draws.uniform(*config.rotation_range, count, generator, device)
     generalized_beta = _split_range_beta(config.betag_range, count, generator, device)
     plateau_beta = _split_range_beta(config.betap_range, count, generator, device)
     beta = torch.where(kernel_type // 2 == 2, plateau_beta, generalized_beta)
     gaussian_like = gaussian_like_kernels(kernel_type, sigma_x, sigma_y, rotation, beta, sizes, pad_to)
 
-    small_cutoff = sampling.uniform(*config.sinc_cutoff_range, count, generator, device)
-    large_cutoff = sampling.uniform(*config.sinc_cutoff_range_large, count, generator, device)
+    small_cutoff = draws.uniform(*config.sinc_cutoff_range, count, generator, device)
+    large_cutoff = draws.uniform(*config.sinc_cutoff_range_large, count, generator, device)
     cutoff = torch.where(sizes < config.sinc_large_kernel_size, small_cutoff, large_cutoff)
     sinc = sinc_kernels(cutoff, sizes, pad_to)
 
-    use_sinc = sampling.bernoulli(config.sinc_prob, count, generator, device).view(-1, 1, 1)
+    use_sinc = draws.bernoulli(config.sinc_prob, count, generator, device).view(-1, 1, 1)
     return torch.where(use_sinc, sinc, gaussian_like)
 
 
@@ -135,8 +135,8 @@ def random_final_sinc_kernels(
     """Per sample, with ``probability`` a sinc kernel of random size and cutoff, otherwise the identity."""
     device = torch.device(device)
     kernel_sizes = _random_sizes(sizes, count, generator, device)
-    cutoff = sampling.uniform(*cutoff_range, count, generator, device)
-    use_sinc = sampling.bernoulli(probability, count, generator, device).view(-1, 1, 1)
+    cutoff = draws.uniform(*cutoff_range, count, generator, device)
+    use_sinc = draws.bernoulli(probability, count, generator, device).view(-1, 1, 1)
     return torch.where(use_sinc, sinc_kernels(cutoff, kernel_sizes, pad_to), pulse_kernels(count, pad_to, device))
 
 

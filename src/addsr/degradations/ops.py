@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import sampling
+from .. import draws
 from .kernels import gaussian_kernel_1d
 
 
@@ -80,8 +80,8 @@ def gaussian_noise(
 ) -> torch.Tensor:
     """Zero-mean Gaussian noise with per-sample ``sigma`` (0-255 scale); ``gray`` samples share it over channels."""
     batch, channels, height, width = images.shape
-    colour = sampling.normal((batch, channels, height, width), generator, images.device)
-    shared = sampling.normal((batch, 1, height, width), generator, images.device).expand_as(colour)
+    colour = draws.normal((batch, channels, height, width), generator, images.device)
+    shared = draws.normal((batch, 1, height, width), generator, images.device).expand_as(colour)
     noise = torch.where(gray.view(-1, 1, 1, 1), shared, colour)
     return noise * (sigma.to(images).view(-1, 1, 1, 1) / 255.0)
 
@@ -98,7 +98,7 @@ def _poisson_levels(images: torch.Tensor) -> torch.Tensor:
 def _shot_noise(images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     rounded = quantize_8bit(images)
     levels = _poisson_levels(rounded)
-    return sampling.poisson(rounded * levels, generator) / levels - rounded
+    return draws.poisson(rounded * levels, generator) / levels - rounded
 
 
 def poisson_noise(

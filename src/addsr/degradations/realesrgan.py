@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from . import ops, sampling
+from .. import draws
+from . import ops
 from .config import RESIZE_MODES, DegradationStageConfig, RealESRGANDegradationConfig
 from .jpeg import jpeg_compress
 from .kernels import pulse_kernels, random_blur_kernels, random_final_sinc_kernels
@@ -54,21 +55,21 @@ class RealESRGANDegradation:
 
         out = ops.filter2d(target, kernel1)
         factor = self._resize_factor(config.first, generator)
-        mode = sampling.choice(RESIZE_MODES, None, generator)
+        mode = draws.choice(RESIZE_MODES, None, generator)
         out = ops.resize(out, (int(height * factor), int(width * factor)), mode)
         out = self._add_noise(out, config.first, generator)
-        out = jpeg_compress(out, sampling.uniform(*config.first.jpeg_range, batch, generator, device))
+        out = jpeg_compress(out, draws.uniform(*config.first.jpeg_range, batch, generator, device))
 
         out = ops.filter2d(out, kernel2)
         factor = self._resize_factor(config.second, generator)
         lr_size = (height // config.scale, width // config.scale)
-        mode = sampling.choice(RESIZE_MODES, None, generator)
+        mode = draws.choice(RESIZE_MODES, None, generator)
         out = ops.resize(out, (int(lr_size[0] * factor), int(lr_size[1] * factor)), mode)
         out = self._add_noise(out, config.second, generator)
 
-        jpeg_first = sampling.bernoulli(0.5, 1, generator).item()
-        quality = sampling.uniform(*config.second.jpeg_range, batch, generator, device)
-        mode = sampling.choice(RESIZE_MODES, None, generator)
+        jpeg_first = draws.bernoulli(0.5, 1, generator).item()
+        quality = draws.uniform(*config.second.jpeg_range, batch, generator, device)
+        mode = draws.choice(RESIZE_MODES, None, generator)
         if jpeg_first:
             out = jpeg_compress(out, quality)
         out = ops.filter2d(ops.resize(out, lr_size, mode), final_sinc)
@@ -91,16 +92,16 @@ class RealESRGANDegradation:
         """Per sample a random kernel with probability ``stage.blur_prob``, otherwise the identity."""
         pad_to = self.config.kernel_pad_size
         kernels = random_blur_kernels(stage.kernel, batch, pad_to, generator, device)
-        blur = sampling.bernoulli(stage.blur_prob, batch, generator, device).view(-1, 1, 1)
+        blur = draws.bernoulli(stage.blur_prob, batch, generator, device).view(-1, 1, 1)
         return torch.where(blur, kernels, pulse_kernels(batch, pad_to, device))
 
     @staticmethod
     def _resize_factor(stage: DegradationStageConfig, generator: torch.Generator | None) -> float:
-        direction = sampling.choice(("up", "down", "keep"), stage.resize_probs, generator)
+        direction = draws.choice(("up", "down", "keep"), stage.resize_probs, generator)
         if direction == "up":
-            return sampling.uniform(1.0, stage.resize_range[1], 1, generator).item()
+            return draws.uniform(1.0, stage.resize_range[1], 1, generator).item()
         if direction == "down":
-            return sampling.uniform(stage.resize_range[0], 1.0, 1, generator).item()
+            return draws.uniform(stage.resize_range[0], 1.0, 1, generator).item()
         return 1.0
 
     @staticmethod
@@ -109,10 +110,10 @@ class RealESRGANDegradation:
     ) -> torch.Tensor:
         """Per sample Gaussian (``gaussian_noise_prob``) or Poisson noise, gray with ``gray_noise_prob``; clamped."""
         batch, device = images.shape[0], images.device
-        use_gaussian = sampling.bernoulli(stage.gaussian_noise_prob, batch, generator, device).view(-1, 1, 1, 1)
-        sigma = sampling.uniform(*stage.noise_range, batch, generator, device)
-        scale = sampling.uniform(*stage.poisson_scale_range, batch, generator, device)
-        gray = sampling.bernoulli(stage.gray_noise_prob, batch, generator, device)
+        use_gaussian = draws.bernoulli(stage.gaussian_noise_prob, batch, generator, device).view(-1, 1, 1, 1)
+        sigma = draws.uniform(*stage.noise_range, batch, generator, device)
+        scale = draws.uniform(*stage.poisson_scale_range, batch, generator, device)
+        gray = draws.bernoulli(stage.gray_noise_prob, batch, generator, device)
         noise = torch.where(
             use_gaussian,
             ops.gaussian_noise(images, sigma, gray, generator),

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from diffusers import AutoencoderKL, DDPMScheduler
+from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..diffusion import NoiseSchedule
 from ..models import ControlNet, UNet
+from ..pipeline import save_base_components
 from ..tagging import RAMTagger, Tagger
 from .config import DistillationModelConfig, TaggerConfig, TeacherModelConfig
 from .trainable import trainable_parameters
@@ -39,13 +40,8 @@ class FrozenComponents:
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``vae/ text_encoder/ tokenizer/ scheduler/`` and, when the tagger can save itself, ``ram/``."""
         folder = Path(folder)
-        self.vae.save_pretrained(folder / "vae")
-        self.text_encoder.save_pretrained(folder / "text_encoder")
-        self.tokenizer.save_pretrained(folder / "tokenizer")
-        DDPMScheduler.from_config(self.schedule.config).save_pretrained(folder / "scheduler")
-        if hasattr(self.tagger, "save_pretrained"):
-            self.tagger.save_pretrained(folder / "ram")
-        elif self.tagger is not None:
+        save_base_components(folder, self.vae, self.text_encoder, self.tokenizer, self.schedule, self.tagger)
+        if self.tagger is not None and not hasattr(self.tagger, "save_pretrained"):
             logger.warning("The tagger (%s) cannot save itself: checkpoints will lack ram/", type(self.tagger).__name__)
         return folder
 

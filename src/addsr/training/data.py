@@ -21,7 +21,7 @@ from ..degradations import RealESRGANDegradation
 from ..io import IMAGE_SUFFIXES, load_image
 from ..tagging import Tagger
 from .config import DataConfig
-from .draws import rand
+from ..draws import uniform
 
 
 def derive_seed(*values: int) -> int:
@@ -164,7 +164,7 @@ class TrainingBatchMaker:
     def prompts(self, images: torch.Tensor, generator: torch.Generator | None) -> list[str]:
         """``"{tags},"`` from the tagger (the released training's tag files), or ``""`` for dropped samples and
         without a tagger."""
-        keep = rand(images.shape[0], generator, images.device) >= self.config.prompt_drop_probability
+        keep = uniform(0.0, 1.0, images.shape[0], generator, images.device) >= self.config.prompt_drop_probability
         prompts = [""] * images.shape[0]
         if self.tagger is None or not keep.any():
             return prompts

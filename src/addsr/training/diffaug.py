@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .draws import randint
+from ..draws import randint
 
 
 def random_translation(

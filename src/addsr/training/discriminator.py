@@ -18,7 +18,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .diffaug import diff_augment
-from .draws import rand, randint
+from ..draws import randint, uniform
 
 
 @dataclass
@@ -240,7 +240,7 @@ class ProjectedDiscriminator(nn.Module):
         area resize to that size."""
         size = self.features.input_size
         batch, height, width = images.shape[0], *images.shape[-2:]
-        crop = rand(batch, generator, images.device) < self.config.crop_probability
+        crop = uniform(0.0, 1.0, batch, generator, images.device) < self.config.crop_probability
         tops = randint(0, max(height - size[0], 0) + 1, (batch,), generator, images.device)
         lefts = randint(0, max(width - size[1], 0) + 1, (batch,), generator, images.device)
         can_crop = height >= size[0] and width >= size[1] and (height, width) != size

@@ -28,8 +28,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..diffusion import STUDENT_TIMESTEPS, NoiseSchedule
 from ..tagging import Tagger
+from .denoiser import decode_latents, encode_images, predict_noise, tagger_embeddings
 from .discriminator import ProjectedDiscriminator
-from .draws import rand, randint
+from ..draws import randint, uniform
 
 
 @dataclass
@@ -193,10 +194,6 @@ def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
 
 
-def _dtype(module: nn.Module) -> torch.dtype:
-    return next(module.parameters()).dtype
-
-
 class TAADDLoss:
     """The TA-ADD losses for a student (U-Net + ControlNet), a frozen teacher of the same kind, the VAE, an optional
     tagger (image embeddings for the image cross-attention) and the projected discriminator.
@@ -233,52 +230,6 @@ class TAADDLoss:
 
     # -- building blocks ------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Scaled VAE latents of ``[0, 1]`` images, sampled from the posterior."""
-        posterior = self.vae.encode((images * 2 - 1).to(_dtype(self.vae))).latent_dist
-        return posterior.sample(generator).float() * self.vae.config.scaling_factor
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """``[0, 1]`` images of scaled latents (clamped, differentiable)."""
-        decoded = self.vae.decode((latents / self.vae.config.scaling_factor).to(_dtype(self.vae))).sample
-        return (decoded.float().clamp(-1, 1) + 1) / 2
-
-    @torch.no_grad()
-    def image_embeddings(self, images: torch.Tensor, low: float = 0.0) -> torch.Tensor | None:
-        """Tagger embeddings of images in ``[low, 1]`` (bicubic resize to the tagger's size, as the released
-        training does), or None without a tagger."""
-        if self.tagger is None:
-            return None
-        size = (self.tagger.input_size, self.tagger.input_size)
-        resized = F.interpolate(images.float(), size=size, mode="bicubic").clamp(low, 1)
-        return self.tagger.embeddings(resized)
-
-    @staticmethod
-    def predict_noise(
-        unet: nn.Module,
-        controlnet: nn.Module,
-        latents: torch.Tensor,
-        timesteps: torch.Tensor,
-        text_embeddings: torch.Tensor,
-        condition: torch.Tensor,
-        image_embeddings: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Epsilon of a ControlNet-guided U-Net, per-sample timesteps."""
-        dtype = _dtype(unet)
-        text_embeddings = text_embeddings.to(dtype)
-        image_kwargs = {} if image_embeddings is None else {"image_encoder_hidden_states": image_embeddings.to(dtype)}
-        down_residuals, mid_residual = controlnet(
-            latents.to(dtype), timesteps, encoder_hidden_states=text_embeddings,
-            controlnet_cond=condition.to(dtype), return_dict=False, **image_kwargs,
-        )[:2]
-        noise = unet(
-            latents.to(dtype), timesteps, encoder_hidden_states=text_embeddings,
-            down_block_additional_residuals=down_residuals, mid_block_additional_residual=mid_residual,
-            return_dict=False, **image_kwargs,
-        )[0]
-        return noise.to(latents.dtype)
-
     def _student_x0(
         self,
         latents: torch.Tensor,
@@ -290,7 +241,7 @@ class TAADDLoss:
     ) -> torch.Tensor:
         """z0 of the student's one step from ``latents`` noised at ``timesteps`` (paper Eq. 2)."""
         noisy = self.schedule.add_noise(latents, noise, timesteps)
-        eps = self.predict_noise(
+        eps = predict_noise(
             self.student_unet, self.student_controlnet, noisy, timesteps, text_embeddings, condition, image_embeddings
         )
         return self.schedule.predict_x0(noisy, eps, timesteps)
@@ -314,15 +265,15 @@ class TAADDLoss:
             raise ValueError(f"hr and lr must have the same shape (resize the LR to the HR size), got "
                              f"{tuple(hr.shape)} and {tuple(lr.shape)}")
         batch, device = hr.shape[0], hr.device
-        latents = self.encode(hr, generator)
+        latents = encode_images(self.vae, hr, generator)
         noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-        two_step = rand(batch, generator, device) < self.config.two_step_probability
+        two_step = uniform(0.0, 1.0, batch, generator, device) < self.config.two_step_probability
         first_index = randint(0, len(STUDENT_TIMESTEPS) - 1, (batch,), generator, device)
         student = torch.tensor(STUDENT_TIMESTEPS, device=device)
         timesteps = torch.where(two_step, student[first_index + 1], student[0])
 
         condition = lr
-        image_embeddings = self.image_embeddings(lr)
+        image_embeddings = tagger_embeddings(self.tagger, lr)
         if two_step.any():
             rows = two_step.nonzero().squeeze(1)
             with torch.no_grad():
@@ -331,17 +282,17 @@ class TAADDLoss:
                     latents[rows], noise[rows], first, text_embeddings[rows], lr[rows],
                     None if image_embeddings is None else image_embeddings[rows],
                 )
-                psr = self._psr_condition(self.decode(first_x0), lr[rows])
+                psr = self._psr_condition(decode_latents(self.vae, first_x0), lr[rows])
                 condition = lr.index_copy(0, rows, psr.to(lr.dtype))
                 if image_embeddings is not None:
                     low = -1.0 if self.config.psr_signed_range else 0.0
-                    psr_embeddings = self.image_embeddings(psr, low=low)
+                    psr_embeddings = tagger_embeddings(self.tagger, psr, low=low)
                     image_embeddings = image_embeddings.index_copy(0, rows, psr_embeddings.to(image_embeddings.dtype))
 
         z0 = self._student_x0(latents, noise, timesteps, text_embeddings, condition, image_embeddings)
         return TAADDStep(
-            hr=hr, lr=lr, text_embeddings=text_embeddings, latents=z0, images=self.decode(z0), noise=noise,
-            timesteps=timesteps, two_step=two_step,
+            hr=hr, lr=lr, text_embeddings=text_embeddings, latents=z0, images=decode_latents(self.vae, z0),
+            noise=noise, timesteps=timesteps, two_step=two_step,
             step_indices=self.config.weight.step_indices(timesteps, two_step),
             discriminator_condition=self.discriminator.embed_condition(lr),
         )
@@ -363,7 +314,7 @@ class TAADDLoss:
         batch, samples = step.hr.shape[0], self.config.teacher_samples
         device = step.latents.device
         timesteps = randint(0, self.schedule.num_train_timesteps, (batch, samples), generator, device)
-        hr_embeddings = self.image_embeddings(step.hr)
+        hr_embeddings = tagger_embeddings(self.tagger, step.hr)
         student_z0 = step.latents.detach()
         images = []
         for k in range(samples):
@@ -372,11 +323,11 @@ class TAADDLoss:
             else:
                 noise = randn_tensor(student_z0.shape, generator=generator, device=device, dtype=student_z0.dtype)
             noisy = self.schedule.add_noise(student_z0, noise, timesteps[:, k])
-            eps = self.predict_noise(
+            eps = predict_noise(
                 self.teacher_unet, self.teacher_controlnet, noisy, timesteps[:, k], step.text_embeddings, step.hr,
                 hr_embeddings,
             )
-            images.append(self.decode(self.schedule.predict_x0(noisy, eps, timesteps[:, k])))
+            images.append(decode_latents(self.vae, self.schedule.predict_x0(noisy, eps, timesteps[:, k])))
         return torch.stack(images, dim=1), timesteps
 
     def generator_loss(self, step: TAADDStep, generator: torch.Generator | None = None) -> GeneratorLosses:

@@ -24,9 +24,9 @@ from ..tagging import Tagger
 from .components import WHOLE_MODELS, load_teacher_training_models, select_trainable
 from .config import TeacherTrainingConfig
 from .data import TrainingBatch
-from .draws import randint
+from .denoiser import encode_images, predict_noise, tagger_embeddings
+from ..draws import randint
 from .runner import TrainingRun
-from .ta_add import TAADDLoss
 
 
 @dataclass
@@ -55,21 +55,6 @@ class TeacherLoss:
         if isinstance(tagger, nn.Module):
             tagger.requires_grad_(False)
 
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Scaled VAE latents of ``[0, 1]`` images, sampled from the posterior."""
-        dtype = next(self.vae.parameters()).dtype
-        posterior = self.vae.encode((images * 2 - 1).to(dtype)).latent_dist
-        return posterior.sample(generator).float() * self.vae.config.scaling_factor
-
-    @torch.no_grad()
-    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor | None:
-        """Tagger embeddings of ``[0, 1]`` images after a bicubic resize to its size (SeeSR's ``ram_values``)."""
-        if self.tagger is None:
-            return None
-        size = (self.tagger.input_size, self.tagger.input_size)
-        return self.tagger.embeddings(F.interpolate(images.float(), size=size, mode="bicubic").clamp(0, 1))
-
     def __call__(
         self,
         hr: torch.Tensor,
@@ -81,12 +66,13 @@ class TeacherLoss:
         if hr.shape != lr.shape:
             raise ValueError(f"hr and lr must have the same shape (resize the LR to the HR size), got "
                              f"{tuple(hr.shape)} and {tuple(lr.shape)}")
-        latents = self.encode(hr, generator)
+        with torch.no_grad():
+            latents = encode_images(self.vae, hr, generator)
         noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         timesteps = randint(0, self.schedule.num_train_timesteps, (hr.shape[0],), generator, latents.device)
         noisy = self.schedule.add_noise(latents, noise, timesteps)
-        predicted = TAADDLoss.predict_noise(
-            self.unet, self.controlnet, noisy, timesteps, text_embeddings, lr, self.image_embeddings(lr)
+        predicted = predict_noise(
+            self.unet, self.controlnet, noisy, timesteps, text_embeddings, lr, tagger_embeddings(self.tagger, lr)
         )
         return TeacherLosses(F.mse_loss(predicted.float(), noise.float()), timesteps)
 

@@ -1,4 +1,4 @@
-"""Random draws from an explicit ``torch.Generator``.
+"""Random draws from an explicit ``torch.Generator``, for degradations and training alike.
 
 Every draw is made on the generator's device (the default device's RNG when no generator is given) and then moved
 to ``device``, so one CPU generator gives the same parameters whatever device the images are on.
@@ -44,6 +44,14 @@ def choice(options: Sequence, probabilities: Sequence[float] | None, generator: 
     """One of ``options`` (uniformly when ``probabilities`` is None)."""
     probabilities = probabilities if probabilities is not None else [1.0] * len(options)
     return options[int(categorical(probabilities, 1, generator).item())]
+
+
+def randint(
+    low: int, high: int, shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Integers uniform in ``[low, high)``."""
+    device = torch.device(device)
+    return torch.randint(low, high, tuple(shape), generator=generator, device=_rng_device(generator, device)).to(device)
 
 
 def normal(shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str = "cpu") -> torch.Tensor:
