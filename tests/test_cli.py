@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -84,3 +85,22 @@ def test_eval_runs_baselines_and_names_bad_input(tmp_path):
     assert "4 results computed" not in runner.invoke(app, args).output  # resumed: nothing recomputed
     result = runner.invoke(app, ["eval", "--hr", f"tiny={hr}", "-o", str(out), "--metrics", "sharpness"])
     assert result.exit_code == 2 and "Unknown metrics ['sharpness']" in result.output
+
+
+def test_an_image_too_large_for_memory_fails_alone(model_dir, inputs, tmp_path, monkeypatch):
+    from addsr import AddSRPipeline
+
+    original = AddSRPipeline.__call__
+
+    def out_of_memory_for_small(self, image, **kwargs):
+        if image.size == (9, 15):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return original(self, image, **kwargs)
+
+    monkeypatch.setattr(AddSRPipeline, "__call__", out_of_memory_for_small)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["upscale", str(inputs / "small.jpg"), str(inputs / "good.png"), "-o", str(out),
+                                 "--model", str(model_dir), "--steps", "1", "--device", "cpu"])
+    assert result.exit_code == 1
+    assert "small.jpg: 9x15 is too large for cpu's memory" in result.output
+    assert [p.name for p in out.iterdir()] == ["good.png"]

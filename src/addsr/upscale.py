@@ -65,11 +65,17 @@ def upscale_files(
             report.failed.append((source, error.reason))
             continue
         generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
-        result = pipe(
-            image, prompt=settings.prompt, added_prompt=settings.added_prompt, num_steps=settings.num_steps,
-            psr_weight=settings.psr_weight, color_fix=settings.color_fix, guidance_scale=settings.guidance_scale,
-            generator=generator,
-        )
+        try:
+            result = pipe(
+                image, prompt=settings.prompt, added_prompt=settings.added_prompt, num_steps=settings.num_steps,
+                psr_weight=settings.psr_weight, color_fix=settings.color_fix, guidance_scale=settings.guidance_scale,
+                generator=generator,
+            )
+        except (torch.OutOfMemoryError, MemoryError):
+            width, height = image.size
+            report.failed.append((source, f"{width}x{height} is too large for {pipe.device}'s memory (large "
+                                          "images are not tiled yet); try a smaller image or another device"))
+            continue
         report.written.append(save_image(result.images[0], target))
         if settings.save_prompt:
             save_text(result.prompts[0], target.with_suffix(".txt"))
