@@ -18,6 +18,12 @@ BaseOption = Annotated[
 @app.callback()
 def main() -> None:
     """AddSR: fast diffusion-based blind image super-resolution."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    # the commands show their own progress; the libraries' per-file loading bars are noise here
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def _fail(message: str, code: int = 2) -> None:
