@@ -15,11 +15,11 @@ import time
 
 import torch
 from diffusers import AutoencoderKL
-from tokenizers.pre_tokenizers import ByteLevel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from addsr import AddSRPipeline
 from addsr.models import ControlNet, UNet
+from addsr.models.presets import byte_level_clip_tokenizer
 from addsr.tagging import RAMConfig, RAMTagger
 
 SD2_UNET = dict(
@@ -39,20 +39,13 @@ SD2_TEXT = dict(
 )
 
 
-def byte_tokenizer() -> CLIPTokenizer:
-    """A stand-in CLIP tokenizer (one token per byte): the prompt's content does not change the cost."""
-    symbols = sorted(ByteLevel.alphabet())
-    vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=[], model_max_length=77)
-
-
 def random_sd2_pipeline() -> AddSRPipeline:
     torch.manual_seed(0)
     unet = UNet(**SD2_UNET)
     tagger = RAMTagger(RAMConfig(), tag_list=[f"tag{i}" for i in range(RAMConfig().num_classes)])
     return AddSRPipeline(
         unet=unet, controlnet=ControlNet.from_unet(unet), vae=AutoencoderKL(**SD2_VAE),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**SD2_TEXT)), tokenizer=byte_tokenizer(), tagger=tagger,
+        text_encoder=CLIPTextModel(CLIPTextConfig(**SD2_TEXT)), tokenizer=byte_level_clip_tokenizer(77), tagger=tagger,
     )
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-from tokenizers.pre_tokenizers import ByteLevel
 
 from addsr.diffusion import SD2_SCHEDULER_CONFIG
+from addsr.models.presets import byte_level_clip_tokenizer
 
 torch.set_num_threads(1)  # tiny models: threads cost more than they give
 
@@ -82,9 +82,7 @@ def tiny_vae() -> AutoencoderKL:
 
 def tiny_tokenizer() -> CLIPTokenizer:
     """A character-level CLIP tokenizer: every byte is a token, no merges."""
-    symbols = sorted(ByteLevel.alphabet())
-    vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=[], model_max_length=24)
+    return byte_level_clip_tokenizer(24)
 
 
 def tiny_text_encoder(vocab_size: int) -> CLIPTextModel:

@@ -179,7 +179,7 @@ def evaluate(
     typer.echo(f"{run.computed} results computed, {run.skipped} already done; report in {run.out_dir}")
 
 
-train_app = typer.Typer(help="Train the SeeSR-style teacher or distil an AddSR student with TA-ADD.",
+train_app = typer.Typer(help="Train the SeeSR-style teacher, distil an AddSR student with TA-ADD, or train a VAE.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 ConfigArgument = Annotated[Path, typer.Argument(help="YAML or TOML training config (see configs/).")]
@@ -192,6 +192,7 @@ def _train(kind: str, config: Path, overrides: list[str]) -> None:
     from . import training
 
     config_class, run = {
+        "vae": (training.VAETrainingConfig, training.train_vae),
         "teacher": (training.TeacherTrainingConfig, training.train_teacher),
         "distill": (training.DistillationConfig, training.train_distill),
     }[kind]
@@ -201,6 +202,12 @@ def _train(kind: str, config: Path, overrides: list[str]) -> None:
     except (training.ConfigError, FileNotFoundError) as error:
         _fail(str(error))
     typer.echo(f"last checkpoint: {run(settings)}")
+
+
+@train_app.command("vae")
+def train_vae(config: ConfigArgument, overrides: SetOption = []) -> None:
+    """Train a small VAE from scratch (for models with no pretrained VAE, such as the small default)."""
+    _train("vae", config, overrides)
 
 
 @train_app.command("teacher")

@@ -32,6 +32,7 @@ from .ta_add import (
 )
 from .teacher import TeacherLoss, TeacherLosses, TeacherObjective, train_teacher
 from .trainable import DEFAULT_TRAINABLE, freeze_all_but, trainable_parameters
+from .vae import VAETrainingConfig, train_vae
 
 __all__ = [
     "ConfigError",
@@ -65,6 +66,7 @@ __all__ = [
     "TrainingBatchMaker",
     "TrainingRun",
     "TrainingState",
+    "VAETrainingConfig",
     "create_backbone",
     "diff_augment",
     "discriminator_hinge_loss",
@@ -77,5 +79,6 @@ __all__ = [
     "select_trainable",
     "train_distill",
     "train_teacher",
+    "train_vae",
     "trainable_parameters",
 ]
