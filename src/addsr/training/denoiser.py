@@ -14,6 +14,13 @@ def module_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+def check_pair(hr: torch.Tensor, lr: torch.Tensor) -> None:
+    """Training conditions on the LR resized to the HR size; refuse anything else with a clear message."""
+    if hr.shape != lr.shape:
+        raise ValueError(f"hr and lr must have the same shape (resize the LR to the HR size), got "
+                         f"{tuple(hr.shape)} and {tuple(lr.shape)}")
+
+
 def encode_images(vae: nn.Module, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Scaled float32 VAE latents of ``[0, 1]`` images, sampled from the posterior."""
     posterior = vae.encode((images * 2 - 1).to(module_dtype(vae))).latent_dist

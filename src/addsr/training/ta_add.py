@@ -28,7 +28,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..diffusion import STUDENT_TIMESTEPS, NoiseSchedule
 from ..tagging import Tagger
-from .denoiser import decode_latents, encode_images, predict_noise, tagger_embeddings
+from .denoiser import check_pair, decode_latents, encode_images, predict_noise, tagger_embeddings
 from .discriminator import ProjectedDiscriminator
 from ..draws import randint, uniform
 
@@ -261,9 +261,7 @@ class TAADDLoss:
         generator: torch.Generator | None = None,
     ) -> TAADDStep:
         """Choose each sample's path and student timestep s, and predict its z0 and x0 with gradient."""
-        if hr.shape != lr.shape:
-            raise ValueError(f"hr and lr must have the same shape (resize the LR to the HR size), got "
-                             f"{tuple(hr.shape)} and {tuple(lr.shape)}")
+        check_pair(hr, lr)
         batch, device = hr.shape[0], hr.device
         latents = encode_images(self.vae, hr, generator)
         noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)

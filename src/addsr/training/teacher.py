@@ -24,7 +24,7 @@ from ..tagging import Tagger
 from .components import WHOLE_MODELS, load_teacher_training_models, select_trainable
 from .config import TeacherTrainingConfig
 from .data import TrainingBatch
-from .denoiser import encode_images, predict_noise, tagger_embeddings
+from .denoiser import check_pair, encode_images, predict_noise, tagger_embeddings
 from ..draws import randint
 from .runner import TrainingRun
 
@@ -63,9 +63,7 @@ class TeacherLoss:
         generator: torch.Generator | None = None,
     ) -> TeacherLosses:
         """``hr`` and ``lr`` ``[B, 3, H, W]`` in ``[0, 1]``, the LR already at the HR size."""
-        if hr.shape != lr.shape:
-            raise ValueError(f"hr and lr must have the same shape (resize the LR to the HR size), got "
-                             f"{tuple(hr.shape)} and {tuple(lr.shape)}")
+        check_pair(hr, lr)
         with torch.no_grad():
             latents = encode_images(self.vae, hr, generator)
         noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
