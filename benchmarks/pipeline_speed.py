@@ -1,11 +1,11 @@
 """Seconds per image and peak memory of AddSRPipeline, and how far a half-precision run lands from float32.
 
-With ``--model DIR`` it times a real model folder; with ``--random-sd2`` it builds Stable Diffusion 2 base-sized
-U-Net, ControlNet, VAE, text encoder and a Swin-L RAM tagger with random weights (no files needed), which gives
-the cost of the released architecture. Prints one line per setting; nothing here is a test.
+By default it times the shipped small model, with ``--model DIR`` another model folder; ``--random-sd2`` builds
+Stable Diffusion 2 base-sized U-Net, ControlNet, VAE, text encoder and a Swin-L RAM tagger with random weights (no
+files needed), which gives the cost of the released architecture. Prints one line per setting; nothing here is a test.
 
     python benchmarks/pipeline_speed.py --random-sd2 --device cuda --dtype float16 --compare-float32
-    python benchmarks/pipeline_speed.py --model MODEL_DIR --device cpu --size 128 --steps 1 4
+    python benchmarks/pipeline_speed.py --device cpu --size 128 --steps 1 4 --threads 2
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def time_run(pipe: AddSRPipeline, image: torch.Tensor, steps: int, repeats: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="model folder (unet/, controlnet/, ... ram/)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help="model folder (unet/, controlnet/, ... ram/); default: the shipped model")
     source.add_argument("--random-sd2", action="store_true", help="SD2-base-sized models with random weights")
     parser.add_argument("--base-model", help="SD2 base folder for parts --model lacks")
     parser.add_argument("--device", default="auto")
@@ -83,11 +83,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    if args.model:
+    if args.random_sd2:
+        pipe = random_sd2_pipeline().to(args.device, args.dtype)
+    else:
         pipe = AddSRPipeline.from_pretrained(args.model, base_model_dir=args.base_model, device=args.device,
                                              dtype=args.dtype)
-    else:
-        pipe = random_sd2_pipeline().to(args.device, args.dtype)
     pipe.progress_bar = False
     image = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
     print(f"device {pipe.device} ({torch.cuda.get_device_name() if pipe.device.type == 'cuda' else 'cpu'}), "

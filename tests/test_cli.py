@@ -50,9 +50,10 @@ def test_upscale_is_reproducible_and_exits_zero(model_dir, inputs, tmp_path):
     assert outputs[0] == outputs[1]
 
 
-def test_clear_errors_for_bad_options(model_dir, inputs, tmp_path):
+def test_clear_errors_for_bad_options(model_dir, inputs, tmp_path, monkeypatch):
+    monkeypatch.setattr("addsr.pipeline.DEFAULT_MODEL_DIR", tmp_path / "not-installed")
     result = runner.invoke(app, ["upscale", str(inputs), "-o", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "--model" in result.output
+    assert result.exit_code == 2 and "default model is missing" in result.output
     result = runner.invoke(app, ["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(tmp_path)])
     assert result.exit_code == 2 and "has no 'unet/' folder" in result.output
     result = runner.invoke(app, ["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(model_dir),

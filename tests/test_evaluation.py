@@ -149,7 +149,7 @@ def test_parse_method_specs(tmp_path):
     method = parse_method(f"addsr:{model_dir},steps=1,psr_weight=0.2,color_fix=wavelet", device="cpu")
     assert isinstance(method, AddSRMethod) and method.name == "addsr-small-1step"
     assert (method.num_steps, method.psr_weight, method.color_fix) == (1, 0.2, "wavelet")
-    bad_specs = ["nearest", "bicubic,steps=2", "addsr", "bicubic,name=a/b"]
+    bad_specs = ["nearest", "bicubic,steps=2", "bicubic,name=a/b"]
     bad_specs += [f"addsr:{model_dir},{option}" for option in ("steps=two", "steps=5", "color_fix=x", "psr_weight=2")]
     for bad in bad_specs:
         with pytest.raises(ValueError):

@@ -2,11 +2,12 @@
 
 from .colorfix import adain_color_fix, color_fix, wavelet_color_fix
 from .diffusion import STUDENT_TIMESTEPS, NoiseSchedule, student_timesteps
-from .pipeline import AddSRPipeline, AddSRPipelineOutput
+from .pipeline import DEFAULT_MODEL_DIR, AddSRPipeline, AddSRPipelineOutput
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MODEL_DIR",
     "AddSRPipeline",
     "AddSRPipelineOutput",
     "NoiseSchedule",

@@ -9,7 +9,10 @@ import typer
 
 app = typer.Typer(help="AddSR: fast diffusion-based blind image super-resolution.", no_args_is_help=True)
 
-ModelOption = Annotated[Optional[Path], typer.Option("--model", help="Model folder (unet/, controlnet/, ...).")]
+ModelOption = Annotated[
+    Optional[Path],
+    typer.Option("--model", help="Model folder (unet/, controlnet/, ...); default: the shipped small model."),
+]
 BaseOption = Annotated[
     Optional[Path], typer.Option("--base-model", help="Stable Diffusion 2 base folder for parts the model lacks.")
 ]
@@ -58,8 +61,6 @@ def upscale(
 
     if color_fix not in COLOR_FIXES:
         _fail(f"--color-fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
-    if model is None:
-        _fail("no default model is installed yet: pass --model MODEL_DIR (and --base-model SD2_DIR if needed)")
     try:
         pipe = AddSRPipeline.from_pretrained(
             model, base_model_dir=base_model, device=device, dtype=dtype, ram=ram, dape=dape,

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_ADDED_PROMPT = "clean, high-resolution, 8k, extremely detailed, best quality, sharp"
 DEFAULT_NEGATIVE_PROMPT = "dotted, noise, blur, lowres, smooth"
 BASE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
+DEFAULT_MODEL_DIR = Path(__file__).with_name("default_model")
+"""The small AddSR trained by this project and shipped in the package (docs/small-model.md)."""
 ImageInput = Image.Image | np.ndarray | torch.Tensor | list
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -113,7 +115,7 @@ class AddSRPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        model_dir: str | Path,
+        model_dir: str | Path | None = None,
         base_model_dir: str | Path | None = None,
         tagger: Tagger | None = None,
         device: str | torch.device | None = None,
@@ -123,10 +125,15 @@ class AddSRPipeline:
         ram_tag_list: str | Path | None = None,
         ram_tag_thresholds: str | Path | None = None,
     ) -> AddSRPipeline:
-        """Load ``model_dir`` (``unet/``, ``controlnet/``, optionally the SD2 parts and ``ram/``); parts it lacks
-        come from ``base_model_dir``. The tagger is ``tagger``, else built from the RAM/DAPE files, else
-        ``model_dir/ram``."""
-        model_dir = Path(model_dir)
+        """Load ``model_dir`` (``unet/``, ``controlnet/``, optionally the SD2 parts and ``ram/``; default: the
+        shipped small model, ``DEFAULT_MODEL_DIR``); parts it lacks come from ``base_model_dir``. The tagger is
+        ``tagger``, else built from the RAM/DAPE files, else ``model_dir/ram``."""
+        if model_dir is None and not (DEFAULT_MODEL_DIR / "unet").is_dir():
+            raise FileNotFoundError(
+                f"the default model is missing from this installation ({DEFAULT_MODEL_DIR}): reinstall addsr, "
+                "or pass a model folder"
+            )
+        model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
         base_model_dir = Path(base_model_dir) if base_model_dir is not None else None
         for required in ("unet", "controlnet"):
             if not (model_dir / required).is_dir():

@@ -138,7 +138,7 @@ class AddSRMethod(SuperResolutionMethod):
 
     def __init__(
         self,
-        model_dir: str | Path,
+        model_dir: str | Path | None = None,
         num_steps: int = 4,
         psr_weight: float = 0.4,
         color_fix: str = "adain",
@@ -150,8 +150,10 @@ class AddSRMethod(SuperResolutionMethod):
         pipeline_files: dict[str, str | Path] | None = None,
     ):
         """``pipeline_files``: extra paths for ``AddSRPipeline.from_pretrained`` (``base_model_dir``, ``ram``,
-        ``dape``, ``ram_tag_list``, ``ram_tag_thresholds``)."""
-        self.model_dir = Path(model_dir).expanduser().resolve()
+        ``dape``, ``ram_tag_list``, ``ram_tag_thresholds``). No ``model_dir``: the shipped default model."""
+        from ..pipeline import DEFAULT_MODEL_DIR
+
+        self.model_dir = Path(model_dir or DEFAULT_MODEL_DIR).expanduser().resolve()
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"AddSR model folder {self.model_dir} does not exist")
         super().__init__(name or f"{self.model_dir.name}-{num_steps}step", scale)
@@ -201,7 +203,7 @@ ADDSR_OPTIONS = {"steps": ("num_steps", int), "psr_weight": ("psr_weight", float
 ADDSR_FILES = {"base_model": "base_model_dir", "ram": "ram", "dape": "dape", "ram_tag_list": "ram_tag_list",
                "ram_tag_thresholds": "ram_tag_thresholds"}
 METHOD_SPEC_HELP = (
-    "bicubic | lanczos | spandrel:WEIGHTS | addsr:MODEL_DIR, then optional ',key=value' options: name (all); "
+    "bicubic | lanczos | spandrel:WEIGHTS | addsr:MODEL_DIR | addsr (the shipped default model), then optional ',key=value' options: name (all); "
     f"{', '.join([*ADDSR_OPTIONS, *ADDSR_FILES])} (addsr)"
 )
 
@@ -221,14 +223,15 @@ def parse_method(
     spec: str, scale: int = 4, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
 ) -> SuperResolutionMethod:
     """A method from a spec such as ``bicubic``, ``spandrel:weights/realesrgan-x4plus.pth,name=Real-ESRGAN`` or
-    ``addsr:models/addsr,steps=1,psr_weight=0.4,color_fix=wavelet`` (see ``METHOD_SPEC_HELP``)."""
+    ``addsr:models/addsr,steps=1,psr_weight=0.4,color_fix=wavelet`` (see ``METHOD_SPEC_HELP``); ``addsr`` with no
+    folder is the shipped default model."""
     head, *items = spec.split(",")
     kind, _, path = head.partition(":")
     if kind in PIL_FILTERS and not path:
         return InterpolationMethod(kind, scale, **_options(spec, items, {"name"}))
     if kind == "spandrel" and path:
         return SpandrelMethod(path, scale, device=device, dtype=dtype, **_options(spec, items, {"name"}))
-    if kind == "addsr" and path:
+    if kind == "addsr":
         options = _options(spec, items, {"name", *ADDSR_OPTIONS, *ADDSR_FILES})
         try:
             arguments = {ADDSR_OPTIONS[key][0]: ADDSR_OPTIONS[key][1](value) for key, value in options.items()
@@ -236,6 +239,6 @@ def parse_method(
         except ValueError as error:
             raise ValueError(f"Bad option value in method {spec!r}: {error}") from None
         files = {ADDSR_FILES[key]: value for key, value in options.items() if key in ADDSR_FILES}
-        return AddSRMethod(path, scale=scale, name=options.get("name"), device=device, dtype=dtype,
+        return AddSRMethod(path or None, scale=scale, name=options.get("name"), device=device, dtype=dtype,
                            pipeline_files=files, **arguments)
     raise ValueError(f"Cannot read method {spec!r}; expected {METHOD_SPEC_HELP}")
