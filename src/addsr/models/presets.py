@@ -111,7 +111,7 @@ class SmallModelSpec:
 
 
 SMALL = SmallModelSpec()
-"""The small AddSR shipped as the default model (``docs/small-model-plan.md``)."""
+"""The small AddSR shipped as the default model (``docs/small-model.md``)."""
 
 
 @dataclass
