@@ -19,12 +19,13 @@ from addsr.degradations import paper_degradation
 from addsr.evaluation import parse_method
 from addsr.metrics import psnr
 from addsr.models.presets import SMALL, build_small_models
+from addsr.pipeline import BASE_COMPONENTS
 
 from conftest import shared_path
+from test_presets import MAX_SHIPPED_MB
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-SHIPPED_PARTS = ("unet", "controlnet", "vae", "text_encoder", "tokenizer", "scheduler")
-MAX_SHIPPED_MB = 50
+SHIPPED_PARTS = ("unet", "controlnet", *BASE_COMPONENTS)
 
 
 @pytest.fixture(scope="module")
