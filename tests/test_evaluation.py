@@ -30,6 +30,7 @@ from addsr.evaluation import (
     parse_method,
     prepare_samples,
 )
+from addsr.evaluation.methods import weights_fingerprint
 from addsr.metrics import MetricSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,6 +286,37 @@ def test_changed_method_settings_under_the_same_name_are_refused(folders, tmp_pa
     evaluate(config, [InterpolationMethod("bicubic", name="interp")])
     with pytest.raises(ValueError, match="give the method another name"):
         evaluate(config, [InterpolationMethod("lanczos", name="interp")])
+
+
+def test_weights_fingerprint_follows_the_weights_not_the_training_state(tmp_path):
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.parent.mkdir(parents=True)
+    (weights.parent / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, weights)
+    before = weights_fingerprint(tmp_path / "model")
+    (tmp_path / "model" / "training_state").mkdir()
+    (tmp_path / "model" / "training_state" / "optimizer.bin").write_bytes(b"state")
+    (tmp_path / "model" / "README.md").write_text("notes")
+    assert weights_fingerprint(tmp_path / "model") == before
+    assert weights_fingerprint(weights) != before
+    save_file({"w": torch.ones(2)}, weights)
+    assert weights_fingerprint(tmp_path / "model") != before
+
+
+def test_rerun_with_other_weights_in_the_same_folder_is_refused(folders, tmp_path, niqe_params, plain_pipe):
+    from safetensors.torch import load_file, save_file
+
+    model_dir = plain_pipe.save_pretrained(tmp_path / "tiny-addsr")
+    config = tiny_config(folders, tmp_path / "out", niqe_params, degradations=["bicubic"],
+                         methods=[f"addsr:{model_dir},steps=1,process_size=64,name=tiny"])
+    evaluate(config)
+    weights = Path(model_dir) / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    save_file({name: tensor + 0.01 for name, tensor in state.items()}, weights)
+    with pytest.raises(ValueError, match="give the method another name"):
+        evaluate(config)
 
 
 def test_scatter_needs_psnr_a_perceptual_metric_and_matplotlib(tmp_path, monkeypatch):

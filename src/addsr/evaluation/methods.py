@@ -7,9 +7,11 @@ the form the command line and the config files use.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from abc import ABC, abstractmethod
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,25 @@ logger = logging.getLogger(__name__)
 METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 PIL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 SPANDREL_HINT = "pip install 'addsr[baselines]' (spandrel)"
+FINGERPRINTED_SUFFIXES = {".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".json", ".txt"}
+
+
+def weights_fingerprint(*paths: Path) -> str:
+    """First 16 hex digits of a SHA-256 over weight files and model folders (their weight, config and tag-list
+    files, not ``training_state/``), so that records made by other weights under the same path are recognised."""
+    digest = hashlib.sha256()
+    for path in paths:
+        files = [path] if path.is_file() else sorted(
+            file for file in path.rglob("*")
+            if file.is_file() and file.suffix.lower() in FINGERPRINTED_SUFFIXES
+            and "training_state" not in file.relative_to(path).parts
+        )
+        for file in files:
+            digest.update(file.relative_to(path).as_posix().encode() if file != path else file.name.encode())
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 class SuperResolutionMethod(ABC):
@@ -105,8 +126,12 @@ class SpandrelMethod(SuperResolutionMethod):
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"type": "spandrel", "weights": str(self.weights), "dtype": str(self.dtype).removeprefix("torch."),
-                "scale": self.scale}
+        return {"type": "spandrel", "weights": str(self.weights), "weights_sha256": self.weights_sha256,
+                "dtype": str(self.dtype).removeprefix("torch."), "scale": self.scale}
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        return weights_fingerprint(self.weights)
 
     def load(self) -> None:
         try:
@@ -172,11 +197,16 @@ class AddSRMethod(SuperResolutionMethod):
     @property
     def settings(self) -> dict[str, Any]:
         return {
-            "type": "addsr", "model_dir": str(self.model_dir), "num_steps": self.num_steps,
-            "psr_weight": self.psr_weight, "color_fix": self.color_fix, "process_size": self.process_size,
+            "type": "addsr", "model_dir": str(self.model_dir), "weights_sha256": self.weights_sha256,
+            "num_steps": self.num_steps, "psr_weight": self.psr_weight, "color_fix": self.color_fix, "process_size": self.process_size,
             "dtype": str(self.dtype).removeprefix("torch."), "scale": self.scale,
             **{key: str(value) for key, value in self.pipeline_files.items()},
         }
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        """Fingerprint of the model folder and the extra pipeline files."""
+        return weights_fingerprint(self.model_dir, *self.pipeline_files.values())
 
     def load(self) -> None:
         from ..pipeline import AddSRPipeline
