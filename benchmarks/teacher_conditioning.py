@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
-from PIL import Image
 
 from addsr import AddSRPipeline
 from addsr.degradations import paper_degradation
+from addsr.io import load_image, pil_to_tensor
 from addsr.metrics import psnr
 
 
@@ -32,8 +31,7 @@ def main() -> None:
 
     pipe = AddSRPipeline.from_pretrained(args.model, device="cpu", dtype="float32")
     top, bottom, left, right = args.box
-    hr = torch.from_numpy(np.array(Image.open(args.image).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
-    hr = hr[:, :, top:bottom, left:right]
+    hr = pil_to_tensor(load_image(args.image))[:, :, top:bottom, left:right]
     condition = torch.nn.functional.interpolate(paper_degradation(hr, "bicubic"), scale_factor=4, mode="bicubic")
     conditions = {"LR": condition.clamp(0, 1), "blank": torch.zeros_like(condition)}
     generator = torch.Generator().manual_seed(0)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from .io import update_hash
 from .tagging import RAMConfig, RAMFileError, RAMTagger
 
 MANIFEST_NAME = "manifest.json"
@@ -287,9 +288,7 @@ def _copy_hashed(source: Path, target: Path) -> tuple[str, int]:
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as reader:
-        while chunk := reader.read(1 << 24):
-            digest.update(chunk)
+    update_hash(digest, path)
     return digest.hexdigest()
 
 

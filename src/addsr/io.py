@@ -1,11 +1,11 @@
-"""Reading, converting and atomically writing images."""
+"""Reading, converting and atomically writing images (and hashing files)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -52,6 +52,13 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageReadError(path, "not an image PIL can read (PNG, JPEG or WebP expected)") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(path, f"damaged or truncated image ({error})") from None
+
+
+def update_hash(digest: Any, path: str | Path) -> None:
+    """Feed a file's bytes to a ``hashlib`` object in 16 MiB chunks."""
+    with Path(path).open("rb") as reader:
+        while chunk := reader.read(1 << 24):
+            digest.update(chunk)
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -21,7 +21,7 @@ from PIL import Image
 from ..colorfix import COLOR_FIXES
 from ..devices import resolve_device, resolve_dtype
 from ..diffusion import student_timesteps
-from ..io import pil_to_tensor, tensor_to_pil
+from ..io import pil_to_tensor, tensor_to_pil, update_hash
 
 logger = logging.getLogger(__name__)
 
@@ -31,21 +31,25 @@ SPANDREL_HINT = "pip install 'addsr[baselines]' (spandrel)"
 FINGERPRINTED_SUFFIXES = {".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".json", ".txt"}
 
 
+def _fingerprinted_files(path: Path) -> list[tuple[str, Path]]:
+    """(name, file) pairs: a single file, or a folder's weight, config and tag-list files outside ``training_state/``."""
+    if path.is_file():
+        return [(path.name, path)]
+    return [
+        (file.relative_to(path).as_posix(), file) for file in sorted(path.rglob("*"))
+        if file.is_file() and file.suffix.lower() in FINGERPRINTED_SUFFIXES
+        and "training_state" not in file.relative_to(path).parts
+    ]
+
+
 def weights_fingerprint(*paths: Path) -> str:
-    """First 16 hex digits of a SHA-256 over weight files and model folders (their weight, config and tag-list
-    files, not ``training_state/``), so that records made by other weights under the same path are recognised."""
+    """First 16 hex digits of a SHA-256 over weight files and model folders, so that records made by other weights
+    under the same path are recognised."""
     digest = hashlib.sha256()
     for path in paths:
-        files = [path] if path.is_file() else sorted(
-            file for file in path.rglob("*")
-            if file.is_file() and file.suffix.lower() in FINGERPRINTED_SUFFIXES
-            and "training_state" not in file.relative_to(path).parts
-        )
-        for file in files:
-            digest.update(file.relative_to(path).as_posix().encode() if file != path else file.name.encode())
-            with file.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+        for name, file in _fingerprinted_files(path):
+            digest.update(name.encode())
+            update_hash(digest, file)
     return digest.hexdigest()[:16]
 
 
@@ -198,8 +202,8 @@ class AddSRMethod(SuperResolutionMethod):
     def settings(self) -> dict[str, Any]:
         return {
             "type": "addsr", "model_dir": str(self.model_dir), "weights_sha256": self.weights_sha256,
-            "num_steps": self.num_steps, "psr_weight": self.psr_weight, "color_fix": self.color_fix, "process_size": self.process_size,
-            "dtype": str(self.dtype).removeprefix("torch."), "scale": self.scale,
+            "num_steps": self.num_steps, "psr_weight": self.psr_weight, "color_fix": self.color_fix,
+            "process_size": self.process_size, "dtype": str(self.dtype).removeprefix("torch."), "scale": self.scale,
             **{key: str(value) for key, value in self.pipeline_files.items()},
         }
 
