@@ -1,0 +1,53 @@
+"""How much a model's VAE alone loses: PSNR of its reconstruction (posterior mean) of the evaluation's HR crops, and
+of that reconstruction after the wavelet colour fix against the bicubic x4 upscale of the clean LR. Prints one
+line per dataset; nothing here is a test.
+
+    python benchmarks/vae_reconstruction.py ../shared/data/val/set5 ../shared/data/val/set14
+
+With the shipped default model this gave the VAE numbers of docs/small-model.md ("Limitations"). Crops, LR and
+PSNR follow `addsr eval` (512 px centre crops, the paper's bicubic degradation, Y channel, 4 px border crop).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+
+from addsr import DEFAULT_MODEL_DIR
+from addsr.colorfix import wavelet_color_fix
+from addsr.degradations import paper_degradation
+from addsr.evaluation import InterpolationMethod, center_crop
+from addsr.io import find_images, load_image, pil_to_tensor, tensor_to_uint8
+from addsr.metrics import psnr
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("datasets", nargs="+", type=Path, help="folders of HR images")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="model folder with vae/")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    vae = AutoencoderKL.from_pretrained(args.model / "vae").eval()
+    bicubic = InterpolationMethod("bicubic")
+    for dataset in args.datasets:
+        plain, fixed = [], []
+        for path in find_images([dataset]):
+            hr = center_crop(pil_to_tensor(load_image(path)), 512, 4)
+            upscaled = bicubic.upscale(paper_degradation(hr, "bicubic"), seed=0)
+            with torch.no_grad():
+                reconstruction = (vae.decode(vae.encode(hr * 2 - 1).latent_dist.mean).sample.clamp(-1, 1) + 1) / 2
+            target = tensor_to_uint8(hr)[0]
+            plain.append(psnr(tensor_to_uint8(reconstruction)[0], target))
+            fixed.append(psnr(tensor_to_uint8(wavelet_color_fix(reconstruction, upscaled))[0], target))
+        print(f"{dataset.name}: {len(plain)} images, VAE reconstruction {np.mean(plain):.2f} dB, "
+              f"with the wavelet colour fix {np.mean(fixed):.2f} dB")
+
+
+if __name__ == "__main__":
+    main()
