@@ -94,6 +94,35 @@ def test_a_tiny_run_writes_vae_metrics_and_base(tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file()
 
 
+
+def test_decoder_fine_tuning_keeps_the_latent_space(tmp_path):
+    """``trainable: decoder`` changes the decoder only: same encoder, same scaling factor, so same latents."""
+    hr = write_images(tmp_path / "hr", 3, (24, 28))
+    start = tiny_vae()
+    start.register_to_config(scaling_factor=0.37)
+    start.save_pretrained(tmp_path / "start")
+    config = load_config(None, VAETrainingConfig, [
+        f"model.init={tmp_path / 'start'}", "model.trainable=decoder", f"data.hr=[{hr}]", "data.crop_size=16",
+        "data.num_workers=0", "optimization.batch_size=2", "optimization.max_steps=6",
+        "optimization.learning_rate=3e-3", "optimization.device=cpu", f"output.output_dir={tmp_path / 'run'}",
+        "output.scale_batches=1", "output.progress_bar=false",
+    ])
+    tuned = AutoencoderKL.from_pretrained(train_vae(config))
+
+    assert tuned.config.scaling_factor == 0.37
+    for name, weight in start.state_dict().items():
+        changed = not torch.equal(weight, tuned.state_dict()[name])
+        assert changed == name.startswith(("decoder.", "post_quant_conv.")), name
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["trained_parameters"] == sum(
+        p.numel() for p in [*start.decoder.parameters(), *start.post_quant_conv.parameters()])
+
+
+def test_decoder_fine_tuning_needs_a_vae_to_start_from():
+    with pytest.raises(ConfigError, match="model.init"):
+        load_config(None, VAETrainingConfig, ["model.trainable=decoder"])
+
+
 def test_training_lowers_the_loss():
     """A few steps on one fixed batch must reduce the reconstruction loss."""
     vae = tiny_vae()

@@ -4,7 +4,8 @@ The loss on random HR crops in ``[-1, 1]``: L1 of the reconstruction (decoded fr
 its horizontal and vertical finite differences (edges; a cheap stand-in for LDM's LPIPS, which needs pretrained
 weights), plus a small KL term towards the unit Gaussian (mean per latent element). After training the latent
 scaling factor is set to ``1 / std`` of the training latents, as Stable Diffusion's 0.18215 was chosen, and the
-reconstruction PSNR of the validation images is measured.
+reconstruction PSNR of the validation images is measured. ``model.trainable: decoder`` instead fine-tunes the
+decoder of an existing VAE and keeps its encoder and scaling factor (its latent space).
 
 Output: ``output_dir/vae/`` (a diffusers ``AutoencoderKL`` folder, rewritten at every checkpoint),
 ``output_dir/config.yaml``, ``output_dir/metrics.json`` and, with ``output.base_model``, the small AddSR's base-model
@@ -22,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -52,6 +54,16 @@ class VAEModelConfig:
     norm_groups: int = SMALL.norm_groups
     init: str | None = None
     """A VAE folder to continue training from (its shape wins over the fields above)."""
+    trainable: Literal["all", "decoder"] = "all"
+    """``decoder``: fine-tune only the decoder of ``init`` (and its ``post_quant_conv``), as Stable Diffusion's
+    ft-MSE VAE was. The encoder and the scaling factor stay, so the latent space, and every model trained on it,
+    stays valid."""
+
+    def __post_init__(self) -> None:
+        if self.trainable not in ("all", "decoder"):
+            raise ValueError(f"trainable must be 'all' or 'decoder', got {self.trainable!r}")
+        if self.trainable == "decoder" and self.init is None:
+            raise ValueError("trainable: decoder fine-tunes an existing VAE: set model.init to its folder")
 
     def spec(self) -> SmallModelSpec:
         """The small AddSR with this VAE."""
@@ -64,6 +76,14 @@ class VAEModelConfig:
         if self.init is not None:
             return AutoencoderKL.from_pretrained(self.init)
         return AutoencoderKL(**self.spec().vae_config())
+
+    def parameters_to_train(self, vae: AutoencoderKL) -> list[torch.nn.Parameter]:
+        """The parameters ``trainable`` names; the others are frozen."""
+        vae.requires_grad_(self.trainable == "all")
+        if self.trainable == "decoder":
+            vae.decoder.requires_grad_(True)
+            vae.post_quant_conv.requires_grad_(True)
+        return [parameter for parameter in vae.parameters() if parameter.requires_grad]
 
 
 @dataclass
@@ -261,7 +281,8 @@ def train_vae(config: VAETrainingConfig) -> Path:
     device = resolve_device(optimization.device)
     torch.manual_seed(optimization.seed)
     vae = config.model.build().to(device).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=optimization.learning_rate, betas=optimization.betas,
+    parameters = config.model.parameters_to_train(vae)
+    optimizer = torch.optim.AdamW(parameters, lr=optimization.learning_rate, betas=optimization.betas,
                                   weight_decay=optimization.weight_decay)
     schedule = learning_rate_schedule(optimizer, optimization)
     generator = torch.Generator(device).manual_seed(optimization.seed)
@@ -274,7 +295,7 @@ def train_vae(config: VAETrainingConfig) -> Path:
         losses = vae_loss(vae, images, config.loss, generator)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), optimization.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(parameters, optimization.max_grad_norm)
         optimizer.step()
         schedule.step()
         for key, value in losses.items():
@@ -289,13 +310,15 @@ def train_vae(config: VAETrainingConfig) -> Path:
 
     vae.eval()
     std = latent_std(vae, [next(batches).to(device).float() / 127.5 - 1 for _ in range(output.scale_batches)])
-    vae.register_to_config(scaling_factor=1.0 / std)
+    if config.model.trainable == "all":
+        vae.register_to_config(scaling_factor=1.0 / std)
     save_vae(vae, folder)
     scores = reconstruction_psnr(vae, find_images(output.validation_images)) if output.validation_images else {}
     metrics = {
         "steps": optimization.max_steps, "train_seconds": round(train_seconds, 1), "device": str(device),
-        "threads": torch.get_num_threads(), "latent_std": std, "scaling_factor": 1.0 / std,
+        "threads": torch.get_num_threads(), "latent_std": std, "scaling_factor": vae.config.scaling_factor,
         "parameters": sum(p.numel() for p in vae.parameters()),
+        "trained_parameters": sum(p.numel() for p in parameters),
         "validation_psnr_y_mean": float(np.mean(list(scores.values()))) if scores else None,
         "validation_psnr_y": scores,
     }
