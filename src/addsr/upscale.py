@@ -21,7 +21,8 @@ class UpscaleSettings:
     psr_weight: float = 0.4
     prompt: str = ""
     added_prompt: str = DEFAULT_ADDED_PROMPT
-    color_fix: str = "adain"
+    color_fix: str | None = None
+    """None: the model's own default."""
     guidance_scale: float = 0.0
     seed: int | None = None
     save_prompt: bool = False
