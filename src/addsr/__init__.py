@@ -2,7 +2,6 @@
 
 from .colorfix import adain_color_fix, color_fix, wavelet_color_fix
 from .diffusion import STUDENT_TIMESTEPS, NoiseSchedule, student_timesteps
-from .inference_defaults import InferenceDefaults
 from .pipeline import DEFAULT_MODEL_DIR, AddSRPipeline, AddSRPipelineOutput
 
 __version__ = "0.1.0"
@@ -11,7 +10,6 @@ __all__ = [
     "DEFAULT_MODEL_DIR",
     "AddSRPipeline",
     "AddSRPipelineOutput",
-    "InferenceDefaults",
     "NoiseSchedule",
     "STUDENT_TIMESTEPS",
     "adain_color_fix",

@@ -43,9 +43,7 @@ def upscale(
     steps: Annotated[int, typer.Option("--steps", min=1, max=4, help="Student steps (1 to 4).")] = 4,
     psr_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="PSR blend weight; 0 turns PSR off.")] = 0.4,
     prompt: Annotated[str, typer.Option(help="Extra words for the text prompt.")] = "",
-    color_fix: Annotated[
-        Optional[str], typer.Option(help="adain, wavelet or none; default: the model's own, else adain.")
-    ] = None,
+    color_fix: Annotated[str, typer.Option(help="adain, wavelet or none.")] = "adain",
     guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance; off at <= 1.")] = 0.0,
     seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible results.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -61,7 +59,7 @@ def upscale(
     from .pipeline import AddSRPipeline
     from .upscale import UpscaleSettings, upscale_files
 
-    if color_fix is not None and color_fix not in COLOR_FIXES:
+    if color_fix not in COLOR_FIXES:
         _fail(f"--color-fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
     try:
         pipe = AddSRPipeline.from_pretrained(

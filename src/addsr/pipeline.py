@@ -22,7 +22,6 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .colorfix import color_fix as apply_color_fix
 from .devices import resolve_device, resolve_dtype
 from .diffusion import NoiseSchedule, student_timesteps
-from .inference_defaults import InferenceDefaults
 from .io import images_to_tensor, resize_images, tensor_to_pil
 from .models import ControlNet, UNet
 from .tagging import Tagger
@@ -98,9 +97,7 @@ class AddSRPipeline:
         tokenizer: CLIPTokenizer,
         schedule: NoiseSchedule | None = None,
         tagger: Tagger | None = None,
-        defaults: InferenceDefaults | None = None,
     ):
-        """``defaults``: the settings this model chooses where a call leaves them out (the paper's when None)."""
         if unet.config.get("use_image_cross_attention", False) and tagger is None:
             raise ValueError(
                 "This model's U-Net uses image cross-attention (config use_image_cross_attention=true), so it needs "
@@ -112,7 +109,6 @@ class AddSRPipeline:
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.schedule = schedule or NoiseSchedule.from_config()
         self.tagger = tagger
-        self.defaults = defaults or InferenceDefaults()
         self.progress_bar = True
         self.device, self.dtype = torch.device("cpu"), torch.float32
 
@@ -131,8 +127,7 @@ class AddSRPipeline:
     ) -> AddSRPipeline:
         """Load ``model_dir`` (``unet/``, ``controlnet/``, optionally the SD2 parts and ``ram/``; default: the
         shipped small model, ``DEFAULT_MODEL_DIR``); parts it lacks come from ``base_model_dir``. The tagger is
-        ``tagger``, else built from the RAM/DAPE files, else ``model_dir/ram``. The model's own inference defaults
-        come from ``model_dir/inference.json`` (see :class:`addsr.InferenceDefaults`)."""
+        ``tagger``, else built from the RAM/DAPE files, else ``model_dir/ram``."""
         if model_dir is None and not (DEFAULT_MODEL_DIR / "unet").is_dir():
             raise FileNotFoundError(
                 f"the default model is missing from this installation ({DEFAULT_MODEL_DIR}): reinstall addsr, "
@@ -152,7 +147,6 @@ class AddSRPipeline:
             tokenizer=CLIPTokenizer.from_pretrained(paths["tokenizer"]),
             schedule=NoiseSchedule.from_pretrained(paths["scheduler"]),
             tagger=tagger or _load_tagger(model_dir, ram, dape, ram_tag_list, ram_tag_thresholds),
-            defaults=InferenceDefaults.from_model_dir(model_dir),
         )
         return pipe.to(device, dtype)
 
@@ -162,7 +156,6 @@ class AddSRPipeline:
         self.unet.save_pretrained(model_dir / "unet")
         self.controlnet.save_pretrained(model_dir / "controlnet")
         save_base_components(model_dir, self.vae, self.text_encoder, self.tokenizer, self.schedule, self.tagger)
-        self.defaults.save(model_dir)
         return model_dir
 
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> AddSRPipeline:
@@ -236,16 +229,14 @@ class AddSRPipeline:
         psr_weight: float = 0.4,
         start_point: Literal["lr", "noise"] = "lr",
         guidance_scale: float = 0.0,
-        color_fix: Literal["adain", "wavelet", "none"] | None = None,
+        color_fix: Literal["adain", "wavelet", "none"] = "adain",
         upscale: int = 4,
         process_size: int = 512,
         conditioning_scale: float = 1.0,
         generator: Generator = None,
         output_type: Literal["pil", "np", "pt"] = "pil",
     ) -> AddSRPipelineOutput:
-        """Restore one LR image or a batch of same-sized LR images at ``upscale`` times their size.
-        ``color_fix`` None: the model's own default (``self.defaults``; the paper's ``adain`` unless its folder
-        says otherwise)."""
+        """Restore one LR image or a batch of same-sized LR images at ``upscale`` times their size."""
         timesteps = list(timesteps) if timesteps is not None else student_timesteps(num_steps)
         _check_arguments(timesteps, psr_weight, start_point, output_type, self.schedule.num_train_timesteps)
         lr = images_to_tensor(image).to(self.device)
@@ -289,7 +280,7 @@ class AddSRPipeline:
                 latents = self.schedule.add_noise(predicted_latents, fresh_noise, timesteps[index + 1])
 
         restored = self.decode_latents(predicted_latents)
-        restored = apply_color_fix(restored, condition_lr.float(), color_fix or self.defaults.color_fix)
+        restored = apply_color_fix(restored, condition_lr.float(), color_fix)
         restored = resize_images(restored, (lr_height * upscale, lr_width * upscale)).clamp(0, 1)
         return AddSRPipelineOutput(images=_format(restored, output_type), prompts=prompts)
 

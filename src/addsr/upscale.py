@@ -21,8 +21,7 @@ class UpscaleSettings:
     psr_weight: float = 0.4
     prompt: str = ""
     added_prompt: str = DEFAULT_ADDED_PROMPT
-    color_fix: str | None = None
-    """None: the model's own default."""
+    color_fix: str = "adain"
     guidance_scale: float = 0.0
     seed: int | None = None
     save_prompt: bool = False

@@ -21,7 +21,6 @@ from PIL import Image
 from ..colorfix import COLOR_FIXES
 from ..devices import resolve_device, resolve_dtype
 from ..diffusion import student_timesteps
-from ..inference_defaults import InferenceDefaults
 from ..io import pil_to_tensor, tensor_to_pil, update_hash
 
 logger = logging.getLogger(__name__)
@@ -171,7 +170,7 @@ class AddSRMethod(SuperResolutionMethod):
         model_dir: str | Path | None = None,
         num_steps: int = 4,
         psr_weight: float = 0.4,
-        color_fix: str | None = None,
+        color_fix: str = "adain",
         process_size: int = 512,
         scale: int = 4,
         name: str | None = None,
@@ -180,8 +179,7 @@ class AddSRMethod(SuperResolutionMethod):
         pipeline_files: dict[str, str | Path] | None = None,
     ):
         """``pipeline_files``: extra paths for ``AddSRPipeline.from_pretrained`` (``base_model_dir``, ``ram``,
-        ``dape``, ``ram_tag_list``, ``ram_tag_thresholds``). No ``model_dir``: the shipped default model. No
-        ``color_fix``: the model folder's own default (:class:`addsr.InferenceDefaults`), recorded as chosen."""
+        ``dape``, ``ram_tag_list``, ``ram_tag_thresholds``). No ``model_dir``: the shipped default model."""
         from ..pipeline import DEFAULT_MODEL_DIR
 
         self.model_dir = Path(model_dir or DEFAULT_MODEL_DIR).expanduser().resolve()
@@ -189,7 +187,6 @@ class AddSRMethod(SuperResolutionMethod):
             raise FileNotFoundError(f"AddSR model folder {self.model_dir} does not exist")
         super().__init__(name or f"{self.model_dir.name}-{num_steps}step", scale)
         student_timesteps(num_steps)  # checks the range
-        color_fix = color_fix or InferenceDefaults.from_model_dir(self.model_dir).color_fix
         if color_fix not in COLOR_FIXES:
             raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
         if not 0.0 <= psr_weight <= 1.0:
