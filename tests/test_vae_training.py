@@ -146,6 +146,8 @@ def test_small_configs_load():
     assert vae.output.base_model == teacher.model.base_model == teacher.model.init_model
     assert teacher.train_all and distill.trainable == ("unet", "controlnet")
     assert distill.discriminator.feature_checkpoint.startswith(teacher.model.base_model)
+    decoder = load_config(ROOT / "configs" / "small" / "vae-decoder.yaml", VAETrainingConfig)
+    assert decoder.model.trainable == "decoder" and decoder.model.init == f"{vae.output.output_dir}/vae"
 
 
 @pytest.mark.parametrize(("final", "decays"), [(1e-4, True), (None, False)])
