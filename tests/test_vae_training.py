@@ -94,7 +94,6 @@ def test_a_tiny_run_writes_vae_metrics_and_base(tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file()
 
 
-
 def test_decoder_fine_tuning_keeps_the_latent_space(tmp_path):
     """``trainable: decoder`` changes the decoder only: same encoder, same scaling factor, so same latents."""
     hr = write_images(tmp_path / "hr", 3, (24, 28))
