@@ -23,6 +23,7 @@ from addsr.degradations import paper_degradation
 from addsr.evaluation import InterpolationMethod, center_crop
 from addsr.io import find_images, load_image, pil_to_tensor, tensor_to_uint8
 from addsr.metrics import psnr
+from addsr.training.vae import reconstruct
 
 
 def main() -> None:
@@ -40,8 +41,7 @@ def main() -> None:
         for path in find_images([dataset]):
             hr = center_crop(pil_to_tensor(load_image(path)), 512, 4)
             upscaled = bicubic.upscale(paper_degradation(hr, "bicubic"), seed=0)
-            with torch.no_grad():
-                reconstruction = (vae.decode(vae.encode(hr * 2 - 1).latent_dist.mean).sample.clamp(-1, 1) + 1) / 2
+            reconstruction = reconstruct(vae, hr)
             target = tensor_to_uint8(hr)[0]
             plain.append(psnr(tensor_to_uint8(reconstruction)[0], target))
             fixed.append(psnr(tensor_to_uint8(wavelet_color_fix(reconstruction, upscaled))[0], target))
