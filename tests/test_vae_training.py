@@ -147,6 +147,9 @@ def test_small_configs_load():
     assert distill.discriminator.feature_checkpoint.startswith(teacher.model.base_model)
     decoder = load_config(ROOT / "configs" / "small" / "vae-decoder.yaml", VAETrainingConfig)
     assert decoder.model.trainable == "decoder" and decoder.model.init == f"{vae.output.output_dir}/vae"
+    continued = load_config(ROOT / "configs" / "small" / "vae-continued.yaml", VAETrainingConfig)
+    assert continued.model.trainable == "all" and continued.model.init == decoder.model.init
+    assert continued.output.base_model is None and continued.output.output_dir != vae.output.output_dir
 
 
 @pytest.mark.parametrize(("final", "decays"), [(1e-4, True), (None, False)])
