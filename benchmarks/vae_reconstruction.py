@@ -40,7 +40,7 @@ def main() -> None:
 
     vae = AutoencoderKL.from_pretrained(args.model / "vae").eval()
     bicubic = InterpolationMethod("bicubic")
-    settings = MetricSettings(niqe_params_path=args.niqe_params)
+    eval_defaults = MetricSettings()
     for dataset in args.datasets:
         plain, fixed, naturalness = [], [], []
         for path in find_images([dataset]):
@@ -52,8 +52,8 @@ def main() -> None:
             fixed.append(psnr(tensor_to_uint8(wavelet_color_fix(reconstruction, upscaled))[0], target))
             if args.niqe_params is not None:
                 images = (hr, reconstruction, upscaled)
-                naturalness.append([niqe(tensor_to_uint8(image)[0], settings.niqe_crop_border, args.niqe_params,
-                                         settings.niqe_block_size) for image in images])
+                naturalness.append([niqe(tensor_to_uint8(image)[0], eval_defaults.niqe_crop_border, args.niqe_params,
+                                         eval_defaults.niqe_block_size) for image in images])
         line = (f"{dataset.name}: {len(plain)} images, VAE reconstruction {np.mean(plain):.2f} dB, "
                 f"with the wavelet colour fix {np.mean(fixed):.2f} dB")
         if naturalness:
