@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -398,6 +400,16 @@ def test_whole_models_can_be_trained_and_the_unet_started_from_scratch(workspace
     assert not torch.equal(base["conv_in.weight"], unet.state_dict()["conv_in.weight"])
     with pytest.raises(ValueError, match="from_scratch needs train_all"):
         merge_config(TeacherTrainingConfig(), {"model": {"from_scratch": True}})
+
+
+def test_frozen_parts_come_from_the_init_model_before_the_base_and_the_log_says_so(workspace, tmp_path, caplog):
+    init = tmp_path / "init"
+    for name in ("unet", "controlnet", "vae"):
+        shutil.copytree(workspace.base / name, init / name)
+    with caplog.at_level(logging.INFO, logger="addsr.training.components"):
+        load_teacher_training_models(TeacherModelConfig(base_model=str(workspace.base), init_model=str(init)))
+    assert f"vae from {init / 'vae'}" in caplog.text
+    assert f"text_encoder from {workspace.base / 'text_encoder'}" in caplog.text
 
 
 def test_trainable_patterns_that_match_nothing_are_errors(workspace):

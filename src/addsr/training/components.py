@@ -91,12 +91,15 @@ def load_tagger(config: TaggerConfig, folders: Sequence[Path]) -> Tagger | None:
 
 
 def load_frozen_components(folders: Sequence[Path], tagger: TaggerConfig) -> FrozenComponents:
-    """The VAE, text encoder, tokenizer and schedule from the first of ``folders`` that has each, and the tagger."""
+    """The VAE, text encoder, tokenizer and schedule from the first of ``folders`` that has each (logged, since a
+    model folder earlier in the list overrides the base model's), and the tagger."""
+    paths = {name: locate(name, folders) for name in FROZEN_PARTS}
+    logger.info("Frozen parts: %s", ", ".join(f"{name} from {path}" for name, path in paths.items()))
     return FrozenComponents(
-        vae=AutoencoderKL.from_pretrained(locate("vae", folders)),
-        text_encoder=CLIPTextModel.from_pretrained(locate("text_encoder", folders)),
-        tokenizer=CLIPTokenizer.from_pretrained(locate("tokenizer", folders)),
-        schedule=NoiseSchedule.from_pretrained(locate("scheduler", folders)),
+        vae=AutoencoderKL.from_pretrained(paths["vae"]),
+        text_encoder=CLIPTextModel.from_pretrained(paths["text_encoder"]),
+        tokenizer=CLIPTokenizer.from_pretrained(paths["tokenizer"]),
+        schedule=NoiseSchedule.from_pretrained(paths["scheduler"]),
         tagger=load_tagger(tagger, folders),
     )
 
