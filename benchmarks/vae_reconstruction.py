@@ -25,7 +25,7 @@ from addsr.colorfix import wavelet_color_fix
 from addsr.degradations import paper_degradation
 from addsr.evaluation import InterpolationMethod, center_crop
 from addsr.io import find_images, load_image, pil_to_tensor, tensor_to_uint8
-from addsr.metrics import MetricSettings, niqe, psnr
+from addsr.metrics import MetricSettings, MetricSuite, psnr
 from addsr.training.vae import reconstruct
 
 
@@ -40,7 +40,7 @@ def main() -> None:
 
     vae = AutoencoderKL.from_pretrained(args.model / "vae").eval()
     bicubic = InterpolationMethod("bicubic")
-    eval_defaults = MetricSettings()
+    niqe = MetricSuite(["niqe"], MetricSettings(niqe_params_path=args.niqe_params)) if args.niqe_params else None
     for dataset in args.datasets:
         plain, fixed, naturalness = [], [], []
         for path in find_images([dataset]):
@@ -50,10 +50,9 @@ def main() -> None:
             target = tensor_to_uint8(hr)[0]
             plain.append(psnr(tensor_to_uint8(reconstruction)[0], target))
             fixed.append(psnr(tensor_to_uint8(wavelet_color_fix(reconstruction, upscaled))[0], target))
-            if args.niqe_params is not None:
+            if niqe is not None:
                 images = (hr, reconstruction, upscaled)
-                naturalness.append([niqe(tensor_to_uint8(image)[0], eval_defaults.niqe_crop_border, args.niqe_params,
-                                         eval_defaults.niqe_block_size) for image in images])
+                naturalness.append([niqe(tensor_to_uint8(image)[0])[0].value for image in images])
         line = (f"{dataset.name}: {len(plain)} images, VAE reconstruction {np.mean(plain):.2f} dB, "
                 f"with the wavelet colour fix {np.mean(fixed):.2f} dB")
         if naturalness:

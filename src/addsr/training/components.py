@@ -15,14 +15,13 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..diffusion import NoiseSchedule
 from ..models import ControlNet, UNet
-from ..pipeline import save_base_components
+from ..pipeline import BASE_COMPONENTS, save_base_components
 from ..tagging import RAMTagger, Tagger
 from .config import DistillationModelConfig, TaggerConfig, TeacherModelConfig
 from .trainable import trainable_parameters
 
 logger = logging.getLogger(__name__)
 
-FROZEN_PARTS = ("vae", "text_encoder", "tokenizer", "scheduler")
 WHOLE_MODELS = ("unet", "controlnet")
 
 
@@ -93,7 +92,7 @@ def load_tagger(config: TaggerConfig, folders: Sequence[Path]) -> Tagger | None:
 def load_frozen_components(folders: Sequence[Path], tagger: TaggerConfig) -> FrozenComponents:
     """The VAE, text encoder, tokenizer and schedule from the first of ``folders`` that has each (logged, since a
     model folder earlier in the list overrides the base model's), and the tagger."""
-    paths = {name: locate(name, folders) for name in FROZEN_PARTS}
+    paths = {name: locate(name, folders) for name in BASE_COMPONENTS}
     logger.info("Frozen parts: %s", ", ".join(f"{name} from {path}" for name, path in paths.items()))
     return FrozenComponents(
         vae=AutoencoderKL.from_pretrained(paths["vae"]),
