@@ -23,6 +23,7 @@ from timm.models.vision_transformer import VisionTransformer
 from typer.testing import CliRunner
 
 from accelerate import Accelerator
+from diffusers import AutoencoderKL
 
 from addsr import AddSRPipeline
 from addsr.cli import app
@@ -410,6 +411,20 @@ def test_frozen_parts_come_from_the_init_model_before_the_base_and_the_log_says_
         load_teacher_training_models(TeacherModelConfig(base_model=str(workspace.base), init_model=str(init)))
     assert f"vae from {init / 'vae'}" in caplog.text
     assert f"text_encoder from {workspace.base / 'text_encoder'}" in caplog.text
+
+
+def test_vae_model_replaces_the_init_and_base_vae(workspace, tmp_path, caplog):
+    init, new = tmp_path / "init", tmp_path / "new"
+    for name in ("unet", "controlnet", "vae"):
+        shutil.copytree(workspace.base / name, init / name)
+    vae = AutoencoderKL.from_pretrained(workspace.base / "vae")
+    vae.register_to_config(scaling_factor=0.5 * vae.config.scaling_factor)
+    vae.save_pretrained(new / "vae")
+    config = TeacherModelConfig(base_model=str(workspace.base), init_model=str(init), vae_model=str(new))
+    with caplog.at_level(logging.INFO, logger="addsr.training.components"):
+        _, _, frozen = load_teacher_training_models(config)
+    assert frozen.vae.config.scaling_factor == vae.config.scaling_factor
+    assert f"vae from {new / 'vae'}" in caplog.text
 
 
 def test_trainable_patterns_that_match_nothing_are_errors(workspace):

@@ -89,10 +89,15 @@ def load_tagger(config: TaggerConfig, folders: Sequence[Path]) -> Tagger | None:
     ).eval()
 
 
-def load_frozen_components(folders: Sequence[Path], tagger: TaggerConfig) -> FrozenComponents:
+def load_frozen_components(
+    folders: Sequence[Path], tagger: TaggerConfig, vae_model: Path | None = None
+) -> FrozenComponents:
     """The VAE, text encoder, tokenizer and schedule from the first of ``folders`` that has each (logged, since a
-    model folder earlier in the list overrides the base model's), and the tagger."""
+    model folder earlier in the list overrides the base model's), the VAE from ``vae_model`` when set, and the
+    tagger."""
     paths = {name: locate(name, folders) for name in BASE_COMPONENTS}
+    if vae_model is not None:
+        paths["vae"] = locate("vae", [vae_model])
     logger.info("Frozen parts: %s", ", ".join(f"{name} from {path}" for name, path in paths.items()))
     return FrozenComponents(
         vae=AutoencoderKL.from_pretrained(paths["vae"]),
@@ -139,7 +144,8 @@ def load_teacher_training_models(
 ) -> tuple[UNet, ControlNet, FrozenComponents]:
     """The U-Net and ControlNet to train (from ``init_model``, else from the base U-Net) and the frozen parts."""
     folders = model_folders(config.init_model, config.base_model)
-    frozen = load_frozen_components(folders, config.tagger)
+    vae_model = Path(config.vae_model) if config.vae_model is not None else None
+    frozen = load_frozen_components(folders, config.tagger, vae_model)
     if config.init_model is not None:
         unet, controlnet = load_models(config.init_model)
     else:

@@ -170,6 +170,9 @@ class TeacherModelConfig:
     attentions and a ControlNet copied from it."""
     from_scratch: bool = False
     """Randomly initialise the U-Net from ``base_model/unet/config.json`` (needs ``train_all``)."""
+    vae_model: str | None = None
+    """A folder whose ``vae/`` replaces ``init_model``'s and ``base_model``'s, to move a trained teacher onto a new
+    VAE (its latent space differs, so the U-Net and ControlNet must be trained on)."""
     tagger: TaggerConfig = field(default_factory=TaggerConfig)
 
     def __post_init__(self) -> None:
