@@ -281,6 +281,16 @@ def test_full_tiny_run_writes_every_output_and_resumes(folders, tmp_path, niqe_p
     assert "SSIM ↑" in layout.table_markdown.read_text()
 
 
+def test_zero_grid_images_writes_the_report_without_grids(folders, tmp_path, niqe_params):
+    config = tiny_config(folders, tmp_path / "out", niqe_params, degradations=["bicubic"], grid_images=0)
+    evaluate(config, [InterpolationMethod("bicubic")])
+    layout = OutputLayout(config.out_dir)
+    assert layout.table_csv.exists() and not layout.grid("toy", "bicubic").exists()
+    assert "grids/" not in layout.table_markdown.read_text()
+    with pytest.raises(ValueError, match="grid_images must be 0"):
+        tiny_config(folders, tmp_path / "out", niqe_params, grid_images=-1)
+
+
 def test_changed_method_settings_under_the_same_name_are_refused(folders, tmp_path, niqe_params):
     config = tiny_config(folders, tmp_path / "out", niqe_params, degradations=["bicubic"])
     evaluate(config, [InterpolationMethod("bicubic", name="interp")])

@@ -56,7 +56,7 @@ class EvalConfig:
     seed: int = 0
     device: str = "auto"  # methods built from specs; learned metrics use metric_settings.device
     dtype: str = "auto"
-    grid_images: int = 1  # images per grid (the first ones of the dataset, by file name)
+    grid_images: int = 1  # images per grid (the first ones of the dataset, by file name); 0: no grids
     grid_crop: int = 128  # side of the HR-size patch shown in the grids, from the image centre
     metric_settings: MetricSettings = field(default_factory=MetricSettings)
     progress: bool = True
@@ -65,6 +65,8 @@ class EvalConfig:
         self.out_dir = Path(self.out_dir)
         if not self.datasets:
             raise ValueError("No datasets to evaluate: give at least one folder")
+        if self.grid_images < 0:
+            raise ValueError(f"grid_images must be 0 (no grids) or more, got {self.grid_images}")
         names = [dataset.name for dataset in self.datasets]
         if len(set(names)) != len(names):
             raise ValueError(f"Dataset names must be unique, got {names}")

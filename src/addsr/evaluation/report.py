@@ -228,7 +228,9 @@ def write_grids(
     config: EvalConfig, layout: OutputLayout, samples: Sequence[Sample], methods: Sequence[str]
 ) -> list[Path]:
     """One PNG per dataset and degradation: patches of the first ``config.grid_images`` images,
-    LR (nearest-neighbour upscaled) | each method | HR."""
+    LR (nearest-neighbour upscaled) | each method | HR; none when ``grid_images`` is 0."""
+    if config.grid_images == 0:
+        return []
     groups: dict[tuple[str, str], list[Sample]] = defaultdict(list)
     for sample in samples:
         groups[(sample.dataset, sample.degradation)].append(sample)
