@@ -138,7 +138,7 @@ def test_training_lowers_the_loss():
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
 
 
-def test_small_configs_load():
+def test_small_configs_chain_their_outputs():
     vae = load_config(ROOT / "configs" / "small" / "vae.yaml", VAETrainingConfig)
     teacher = load_config(ROOT / "configs" / "small" / "teacher.yaml", TeacherTrainingConfig)
     distill = load_config(ROOT / "configs" / "small" / "distill.yaml", DistillationConfig)
@@ -150,6 +150,10 @@ def test_small_configs_load():
     continued = load_config(ROOT / "configs" / "small" / "vae-continued.yaml", VAETrainingConfig)
     assert continued.model.trainable == "all" and continued.model.init == decoder.model.init
     assert continued.output.base_model is None and continued.output.output_dir != vae.output.output_dir
+    moved = load_config(ROOT / "configs" / "small" / "teacher-continued.yaml", TeacherTrainingConfig)
+    assert moved.model.init_model == f"{teacher.output.output_dir}/checkpoints/latest"
+    assert moved.model.vae_model == continued.output.output_dir and moved.train_all
+    assert distill.model.teacher_model == f"{moved.output.output_dir}/checkpoints/latest"
 
 
 @pytest.mark.parametrize(("final", "decays"), [(1e-4, True), (None, False)])
