@@ -403,20 +403,25 @@ def test_whole_models_can_be_trained_and_the_unet_started_from_scratch(workspace
         merge_config(TeacherTrainingConfig(), {"model": {"from_scratch": True}})
 
 
-def test_frozen_parts_come_from_the_init_model_before_the_base_and_the_log_says_so(workspace, tmp_path, caplog):
+@pytest.fixture
+def init_model(workspace, tmp_path) -> Path:
+    """A model folder to continue from: the base's U-Net, ControlNet and VAE."""
     init = tmp_path / "init"
     for name in ("unet", "controlnet", "vae"):
         shutil.copytree(workspace.base / name, init / name)
+    return init
+
+
+def test_frozen_parts_come_from_the_init_model_before_the_base_and_the_log_says_so(workspace, init_model, caplog):
+    init = init_model
     with caplog.at_level(logging.INFO, logger="addsr.training.components"):
         load_teacher_training_models(TeacherModelConfig(base_model=str(workspace.base), init_model=str(init)))
     assert f"vae from {init / 'vae'}" in caplog.text
     assert f"text_encoder from {workspace.base / 'text_encoder'}" in caplog.text
 
 
-def test_vae_model_replaces_the_init_and_base_vae(workspace, tmp_path, caplog):
-    init, new = tmp_path / "init", tmp_path / "new"
-    for name in ("unet", "controlnet", "vae"):
-        shutil.copytree(workspace.base / name, init / name)
+def test_vae_model_replaces_the_init_and_base_vae(workspace, init_model, tmp_path, caplog):
+    init, new = init_model, tmp_path / "new"
     vae = AutoencoderKL.from_pretrained(workspace.base / "vae")
     vae.register_to_config(scaling_factor=0.5 * vae.config.scaling_factor)
     vae.save_pretrained(new / "vae")

@@ -95,9 +95,10 @@ def load_frozen_components(
     """The VAE, text encoder, tokenizer and schedule from the first of ``folders`` that has each (logged, since a
     model folder earlier in the list overrides the base model's), the VAE from ``vae_model`` when set, and the
     tagger."""
-    paths = {name: locate(name, folders) for name in BASE_COMPONENTS}
+    searched = {name: list(folders) for name in BASE_COMPONENTS}
     if vae_model is not None:
-        paths["vae"] = locate("vae", [vae_model])
+        searched["vae"] = [vae_model]
+    paths = {name: locate(name, places) for name, places in searched.items()}
     logger.info("Frozen parts: %s", ", ".join(f"{name} from {path}" for name, path in paths.items()))
     return FrozenComponents(
         vae=AutoencoderKL.from_pretrained(paths["vae"]),
