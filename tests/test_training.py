@@ -413,19 +413,18 @@ def init_model(workspace, tmp_path) -> Path:
 
 
 def test_frozen_parts_come_from_the_init_model_before_the_base_and_the_log_says_so(workspace, init_model, caplog):
-    init = init_model
     with caplog.at_level(logging.INFO, logger="addsr.training.components"):
-        load_teacher_training_models(TeacherModelConfig(base_model=str(workspace.base), init_model=str(init)))
-    assert f"vae from {init / 'vae'}" in caplog.text
+        load_teacher_training_models(TeacherModelConfig(base_model=str(workspace.base), init_model=str(init_model)))
+    assert f"vae from {init_model / 'vae'}" in caplog.text
     assert f"text_encoder from {workspace.base / 'text_encoder'}" in caplog.text
 
 
 def test_vae_model_replaces_the_init_and_base_vae(workspace, init_model, tmp_path, caplog):
-    init, new = init_model, tmp_path / "new"
+    new = tmp_path / "new"
     vae = AutoencoderKL.from_pretrained(workspace.base / "vae")
     vae.register_to_config(scaling_factor=0.5 * vae.config.scaling_factor)
     vae.save_pretrained(new / "vae")
-    config = TeacherModelConfig(base_model=str(workspace.base), init_model=str(init), vae_model=str(new))
+    config = TeacherModelConfig(base_model=str(workspace.base), init_model=str(init_model), vae_model=str(new))
     with caplog.at_level(logging.INFO, logger="addsr.training.components"):
         _, _, frozen = load_teacher_training_models(config)
     assert frozen.vae.config.scaling_factor == vae.config.scaling_factor
