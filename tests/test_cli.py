@@ -41,13 +41,14 @@ def test_upscale_folder_with_a_bad_input(model_dir, inputs, tmp_path):
 
 def test_upscale_is_reproducible_and_exits_zero(model_dir, inputs, tmp_path):
     outputs = []
-    for name in ("a", "b"):
+    for name, levels in (("a", "5"), ("b", "5"), ("c", "1")):
         out = tmp_path / name
         result = runner.invoke(app, ["upscale", str(inputs / "good.png"), "-o", str(out), "--model", str(model_dir),
-                                     "--steps", "1", "--seed", "3", "--color-fix", "wavelet", "--device", "cpu"])
+                                     "--steps", "1", "--seed", "3", "--color-fix", "wavelet", "--wavelet-levels",
+                                     levels, "--device", "cpu"])
         assert result.exit_code == 0, result.output
         outputs.append((out / "good.png").read_bytes())
-    assert outputs[0] == outputs[1]
+    assert outputs[0] == outputs[1] != outputs[2]
 
 
 def test_clear_errors_for_bad_options(model_dir, inputs, tmp_path, monkeypatch):
@@ -59,6 +60,9 @@ def test_clear_errors_for_bad_options(model_dir, inputs, tmp_path, monkeypatch):
     result = runner.invoke(app, ["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(model_dir),
                                  "--color-fix", "magic"])
     assert result.exit_code == 2 and "adain, wavelet, none" in result.output
+    result = runner.invoke(app, ["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(model_dir),
+                                 "--color-fix", "wavelet", "--wavelet-levels", "0"])
+    assert result.exit_code == 2 and "--wavelet-levels" in result.output
 
 
 def test_degrade_writes_pairs(tmp_path):

@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from addsr.colorfix import adain_color_fix, color_fix, wavelet_blur, wavelet_color_fix, wavelet_decompose
+from addsr.colorfix import (
+    COLOR_FIX_FILE, ColorFix, adain_color_fix, color_fix, wavelet_blur, wavelet_color_fix, wavelet_decompose,
+)
 
 
 def test_adain_matches_hand_computed_values():
@@ -37,9 +39,40 @@ def test_wavelet_split_adds_up_and_takes_the_reference_low_frequencies():
     torch.testing.assert_close(wavelet_color_fix(image, reference), expected, rtol=0, atol=1e-6)
 
 
+def test_one_wavelet_level_takes_all_but_the_finest_detail_from_the_reference():
+    torch.manual_seed(0)
+    image, reference = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    expected = (image - wavelet_blur(image, 1) + wavelet_blur(reference, 1)).clamp(0, 1)
+    torch.testing.assert_close(wavelet_color_fix(image, reference, levels=1), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(color_fix(image, reference, "wavelet", wavelet_levels=1), expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(wavelet_color_fix(image, reference), expected)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="wavelet levels must be a positive integer"):
+            wavelet_color_fix(image, reference, levels=bad)
+
+
 def test_color_fix_dispatch():
     image, reference = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
     assert torch.equal(color_fix(image, reference, "none"), image)
     assert torch.equal(color_fix(image, reference, "adain"), adain_color_fix(image, reference))
     with pytest.raises(ValueError, match="adain, wavelet, none"):
         color_fix(image, reference, "histogram")
+
+
+def test_colour_fix_settings_replace_and_files(tmp_path):
+    assert ColorFix.from_model_dir(tmp_path) == ColorFix("adain", 5)
+    fix = ColorFix("wavelet", 3)
+    assert fix.settings == {"color_fix": "wavelet", "wavelet_levels": 3}
+    assert ColorFix().settings == {"color_fix": "adain"}
+    assert fix.replace() == fix and fix.replace(wavelet_levels=2) == ColorFix("wavelet", 2)
+    assert fix.replace("adain") == ColorFix("adain", 3)
+    assert fix.save(tmp_path) == tmp_path / COLOR_FIX_FILE
+    assert ColorFix.from_model_dir(tmp_path) == fix and [p.name for p in tmp_path.iterdir()] == [COLOR_FIX_FILE]
+    image, reference = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    assert torch.equal(fix(image, reference), wavelet_color_fix(image, reference, 3))
+    for bad in ("[1]", "{not json", '{"method": "wavelet", "wavelet_levels": 0}', '{"levels": 3}'):
+        (tmp_path / COLOR_FIX_FILE).write_text(bad)
+        with pytest.raises(ValueError, match="is not a valid colour fix"):
+            ColorFix.from_model_dir(tmp_path)
+    with pytest.raises(ValueError, match="adain, wavelet, none"):
+        ColorFix("histogram")

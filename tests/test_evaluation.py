@@ -149,9 +149,13 @@ def test_parse_method_specs(tmp_path):
     model_dir.mkdir()
     method = parse_method(f"addsr:{model_dir},steps=1,psr_weight=0.2,color_fix=wavelet", device="cpu")
     assert isinstance(method, AddSRMethod) and method.name == "addsr-small-1step"
-    assert (method.num_steps, method.psr_weight, method.color_fix) == (1, 0.2, "wavelet")
+    assert (method.num_steps, method.psr_weight, method.color_fix.method) == (1, 0.2, "wavelet")
+    assert method.settings["wavelet_levels"] == 5
+    assert parse_method(f"addsr:{model_dir},color_fix=wavelet,wavelet_levels=3").settings["wavelet_levels"] == 3
+    assert "wavelet_levels" not in parse_method(f"addsr:{model_dir}").settings
     bad_specs = ["nearest", "bicubic,steps=2", "bicubic,name=a/b"]
-    bad_specs += [f"addsr:{model_dir},{option}" for option in ("steps=two", "steps=5", "color_fix=x", "psr_weight=2")]
+    bad_specs += [f"addsr:{model_dir},{option}" for option in ("steps=two", "steps=5", "color_fix=x", "psr_weight=2",
+                                                                 "wavelet_levels=0")]
     for bad in bad_specs:
         with pytest.raises(ValueError):
             parse_method(bad)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from addsr import AddSRPipeline
-from addsr.colorfix import adain_color_fix
+from addsr.colorfix import COLOR_FIX_FILE, ColorFix, adain_color_fix, wavelet_color_fix
 from addsr.io import resize_images
 from addsr.pipeline import build_prompt, condition_size
 
@@ -192,6 +192,23 @@ def test_save_and_load_a_model_folder(plain_pipe, tmp_path):
     torch.testing.assert_close(run(loaded, lr_image(), num_steps=2).images, expected)
 
 
+def test_a_model_folder_keeps_its_own_colour_fix(plain_pipe, tmp_path, monkeypatch):
+    plain_folder = plain_pipe.save_pretrained(tmp_path / "plain")
+    assert not (plain_folder / COLOR_FIX_FILE).exists()  # the released AdaIN needs no file
+    monkeypatch.setattr(plain_pipe, "default_color_fix", ColorFix("wavelet", 2))
+    folder = plain_pipe.save_pretrained(tmp_path / "model")
+    loaded = AddSRPipeline.from_pretrained(folder, device="cpu")
+    assert loaded.default_color_fix == ColorFix("wavelet", 2)
+    image = lr_image(16, 24)
+    own = run(loaded, image, num_steps=1).images
+    torch.testing.assert_close(own, run(loaded, image, num_steps=1, color_fix="wavelet", wavelet_levels=2).images)
+    assert torch.equal(run(loaded, image, num_steps=1, color_fix="wavelet").images, own)  # levels stay the model's
+    assert not torch.allclose(run(loaded, image, num_steps=1, color_fix="adain").images, own)
+    (folder / COLOR_FIX_FILE).write_text('{"method": "histogram"}')
+    with pytest.raises(ValueError, match=f"{COLOR_FIX_FILE} is not a valid colour fix"):
+        AddSRPipeline.from_pretrained(folder)
+
+
 def test_missing_parts_come_from_the_base_folder(plain_pipe, tmp_path):
     plain_pipe.save_pretrained(tmp_path / "base")
     model = tmp_path / "addsr"
@@ -209,6 +226,25 @@ def test_bad_arguments_are_named(tiny_pipe):
         run(tiny_pipe, lr_image(), psr_weight=1.5)
     with pytest.raises(ValueError, match="2 prompts for 1 images"):
         run(tiny_pipe, lr_image(), prompt=["a", "b"])
+
+
+def test_bad_colour_fixes_are_refused_before_any_model_runs(tiny_pipe):
+    calls = []
+    record_calls(tiny_pipe.unet, calls)
+    with pytest.raises(ValueError, match="adain, wavelet, none"):
+        run(tiny_pipe, lr_image(), color_fix="histogram")
+    with pytest.raises(ValueError, match="wavelet levels"):
+        run(tiny_pipe, lr_image(), color_fix="wavelet", wavelet_levels=0)
+    assert calls == []
+
+
+def test_wavelet_levels_reach_the_colour_fix(tiny_pipe):
+    image = lr_image(16, 24)
+    raw = run(tiny_pipe, image, num_steps=1, color_fix="none").images
+    c1 = resize_images(image, (64, 96))
+    for levels in (2, 5):
+        fixed = run(tiny_pipe, image, num_steps=1, color_fix="wavelet", wavelet_levels=levels).images
+        torch.testing.assert_close(fixed, wavelet_color_fix(raw, c1, levels), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

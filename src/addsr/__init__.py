@@ -1,6 +1,6 @@
 """addsr: AddSR fast diffusion-based blind image super-resolution."""
 
-from .colorfix import adain_color_fix, color_fix, wavelet_color_fix
+from .colorfix import ColorFix, adain_color_fix, color_fix, wavelet_color_fix
 from .diffusion import STUDENT_TIMESTEPS, NoiseSchedule, student_timesteps
 from .pipeline import DEFAULT_MODEL_DIR, AddSRPipeline, AddSRPipelineOutput
 
@@ -10,6 +10,7 @@ __all__ = [
     "DEFAULT_MODEL_DIR",
     "AddSRPipeline",
     "AddSRPipelineOutput",
+    "ColorFix",
     "NoiseSchedule",
     "STUDENT_TIMESTEPS",
     "adain_color_fix",

@@ -43,7 +43,13 @@ def upscale(
     steps: Annotated[int, typer.Option("--steps", min=1, max=4, help="Student steps (1 to 4).")] = 4,
     psr_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="PSR blend weight; 0 turns PSR off.")] = 0.4,
     prompt: Annotated[str, typer.Option(help="Extra words for the text prompt.")] = "",
-    color_fix: Annotated[str, typer.Option(help="adain, wavelet or none.")] = "adain",
+    color_fix: Annotated[
+        Optional[str], typer.Option(help="adain, wavelet or none; default: the model's own (adain if it names none).")
+    ] = None,
+    wavelet_levels: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Levels of the wavelet fix (released: 5); fewer take finer detail from the LR."),
+    ] = None,
     guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance; off at <= 1.")] = 0.0,
     seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible results.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -59,7 +65,7 @@ def upscale(
     from .pipeline import AddSRPipeline
     from .upscale import UpscaleSettings, upscale_files
 
-    if color_fix not in COLOR_FIXES:
+    if color_fix is not None and color_fix not in COLOR_FIXES:
         _fail(f"--color-fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
     try:
         pipe = AddSRPipeline.from_pretrained(
@@ -70,7 +76,7 @@ def upscale(
         _fail(f"cannot load the model: {error}")
     settings = UpscaleSettings(
         num_steps=steps, psr_weight=psr_weight, prompt=prompt, color_fix=color_fix,
-        guidance_scale=guidance_scale, seed=seed, save_prompt=save_prompt,
+        wavelet_levels=wavelet_levels, guidance_scale=guidance_scale, seed=seed, save_prompt=save_prompt,
     )
     report = upscale_files(pipe, inputs, out_dir, settings)
     for path, reason in report.failed:

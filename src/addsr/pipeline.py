@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .colorfix import color_fix as apply_color_fix
+from .colorfix import ColorFix
 from .devices import resolve_device, resolve_dtype
 from .diffusion import NoiseSchedule, student_timesteps
 from .io import images_to_tensor, resize_images, tensor_to_pil
@@ -97,7 +97,9 @@ class AddSRPipeline:
         tokenizer: CLIPTokenizer,
         schedule: NoiseSchedule | None = None,
         tagger: Tagger | None = None,
+        color_fix: ColorFix | None = None,
     ):
+        """``color_fix``: the model's default colour fix (the released AdaIN when not given)."""
         if unet.config.get("use_image_cross_attention", False) and tagger is None:
             raise ValueError(
                 "This model's U-Net uses image cross-attention (config use_image_cross_attention=true), so it needs "
@@ -109,6 +111,7 @@ class AddSRPipeline:
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.schedule = schedule or NoiseSchedule.from_config()
         self.tagger = tagger
+        self.default_color_fix = color_fix or ColorFix()
         self.progress_bar = True
         self.device, self.dtype = torch.device("cpu"), torch.float32
 
@@ -127,7 +130,8 @@ class AddSRPipeline:
     ) -> AddSRPipeline:
         """Load ``model_dir`` (``unet/``, ``controlnet/``, optionally the SD2 parts and ``ram/``; default: the
         shipped small model, ``DEFAULT_MODEL_DIR``); parts it lacks come from ``base_model_dir``. The tagger is
-        ``tagger``, else built from the RAM/DAPE files, else ``model_dir/ram``."""
+        ``tagger``, else built from the RAM/DAPE files, else ``model_dir/ram``. The default colour fix comes from
+        ``model_dir/color_fix.json`` when the folder has one, else it is the released AdaIN."""
         if model_dir is None and not (DEFAULT_MODEL_DIR / "unet").is_dir():
             raise FileNotFoundError(
                 f"the default model is missing from this installation ({DEFAULT_MODEL_DIR}): reinstall addsr, "
@@ -147,6 +151,7 @@ class AddSRPipeline:
             tokenizer=CLIPTokenizer.from_pretrained(paths["tokenizer"]),
             schedule=NoiseSchedule.from_pretrained(paths["scheduler"]),
             tagger=tagger or _load_tagger(model_dir, ram, dape, ram_tag_list, ram_tag_thresholds),
+            color_fix=ColorFix.from_model_dir(model_dir),
         )
         return pipe.to(device, dtype)
 
@@ -156,6 +161,8 @@ class AddSRPipeline:
         self.unet.save_pretrained(model_dir / "unet")
         self.controlnet.save_pretrained(model_dir / "controlnet")
         save_base_components(model_dir, self.vae, self.text_encoder, self.tokenizer, self.schedule, self.tagger)
+        if self.default_color_fix != ColorFix():
+            self.default_color_fix.save(model_dir)
         return model_dir
 
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> AddSRPipeline:
@@ -229,16 +236,20 @@ class AddSRPipeline:
         psr_weight: float = 0.4,
         start_point: Literal["lr", "noise"] = "lr",
         guidance_scale: float = 0.0,
-        color_fix: Literal["adain", "wavelet", "none"] = "adain",
+        color_fix: Literal["adain", "wavelet", "none"] | None = None,
+        wavelet_levels: int | None = None,
         upscale: int = 4,
         process_size: int = 512,
         conditioning_scale: float = 1.0,
         generator: Generator = None,
         output_type: Literal["pil", "np", "pt"] = "pil",
     ) -> AddSRPipelineOutput:
-        """Restore one LR image or a batch of same-sized LR images at ``upscale`` times their size."""
+        """Restore one LR image or a batch of same-sized LR images at ``upscale`` times their size.
+
+        ``color_fix`` and ``wavelet_levels`` left at ``None`` take the model's own (``default_color_fix``)."""
         timesteps = list(timesteps) if timesteps is not None else student_timesteps(num_steps)
         _check_arguments(timesteps, psr_weight, start_point, output_type, self.schedule.num_train_timesteps)
+        final_color_fix = self.default_color_fix.replace(color_fix, wavelet_levels)
         lr = images_to_tensor(image).to(self.device)
         batch, _, lr_height, lr_width = lr.shape
         prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
@@ -280,7 +291,7 @@ class AddSRPipeline:
                 latents = self.schedule.add_noise(predicted_latents, fresh_noise, timesteps[index + 1])
 
         restored = self.decode_latents(predicted_latents)
-        restored = apply_color_fix(restored, condition_lr.float(), color_fix)
+        restored = final_color_fix(restored, condition_lr.float())
         restored = resize_images(restored, (lr_height * upscale, lr_width * upscale)).clamp(0, 1)
         return AddSRPipelineOutput(images=_format(restored, output_type), prompts=prompts)
 

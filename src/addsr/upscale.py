@@ -21,7 +21,9 @@ class UpscaleSettings:
     psr_weight: float = 0.4
     prompt: str = ""
     added_prompt: str = DEFAULT_ADDED_PROMPT
-    color_fix: str = "adain"
+    color_fix: str | None = None
+    """None: the model's own (``AddSRPipeline.default_color_fix``); likewise ``wavelet_levels``."""
+    wavelet_levels: int | None = None
     guidance_scale: float = 0.0
     seed: int | None = None
     save_prompt: bool = False
@@ -68,7 +70,8 @@ def upscale_files(
         try:
             result = pipe(
                 image, prompt=settings.prompt, added_prompt=settings.added_prompt, num_steps=settings.num_steps,
-                psr_weight=settings.psr_weight, color_fix=settings.color_fix, guidance_scale=settings.guidance_scale,
+                psr_weight=settings.psr_weight, color_fix=settings.color_fix,
+                wavelet_levels=settings.wavelet_levels, guidance_scale=settings.guidance_scale,
                 generator=generator,
             )
         except (torch.OutOfMemoryError, MemoryError):

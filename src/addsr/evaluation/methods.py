@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..colorfix import COLOR_FIXES
+from ..colorfix import ColorFix
 from ..devices import resolve_device, resolve_dtype
 from ..diffusion import student_timesteps
 from ..io import pil_to_tensor, tensor_to_pil, update_hash
@@ -170,7 +170,8 @@ class AddSRMethod(SuperResolutionMethod):
         model_dir: str | Path | None = None,
         num_steps: int = 4,
         psr_weight: float = 0.4,
-        color_fix: str = "adain",
+        color_fix: str | None = None,
+        wavelet_levels: int | None = None,
         process_size: int = 512,
         scale: int = 4,
         name: str | None = None,
@@ -178,7 +179,8 @@ class AddSRMethod(SuperResolutionMethod):
         dtype: str | torch.dtype | None = None,
         pipeline_files: dict[str, str | Path] | None = None,
     ):
-        """``pipeline_files``: extra paths for ``AddSRPipeline.from_pretrained`` (``base_model_dir``, ``ram``,
+        """``color_fix`` and ``wavelet_levels`` left at ``None`` take the model folder's own (``ColorFix``).
+        ``pipeline_files``: extra paths for ``AddSRPipeline.from_pretrained`` (``base_model_dir``, ``ram``,
         ``dape``, ``ram_tag_list``, ``ram_tag_thresholds``). No ``model_dir``: the shipped default model."""
         from ..pipeline import DEFAULT_MODEL_DIR
 
@@ -187,11 +189,10 @@ class AddSRMethod(SuperResolutionMethod):
             raise FileNotFoundError(f"AddSR model folder {self.model_dir} does not exist")
         super().__init__(name or f"{self.model_dir.name}-{num_steps}step", scale)
         student_timesteps(num_steps)  # checks the range
-        if color_fix not in COLOR_FIXES:
-            raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
         if not 0.0 <= psr_weight <= 1.0:
             raise ValueError(f"psr_weight must be in [0, 1], got {psr_weight}")
-        self.num_steps, self.psr_weight, self.color_fix = num_steps, psr_weight, color_fix
+        self.num_steps, self.psr_weight = num_steps, psr_weight
+        self.color_fix = ColorFix.from_model_dir(self.model_dir).replace(color_fix, wavelet_levels)
         self.process_size = process_size
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -202,7 +203,7 @@ class AddSRMethod(SuperResolutionMethod):
     def settings(self) -> dict[str, Any]:
         return {
             "type": "addsr", "model_dir": str(self.model_dir), "weights_sha256": self.weights_sha256,
-            "num_steps": self.num_steps, "psr_weight": self.psr_weight, "color_fix": self.color_fix,
+            "num_steps": self.num_steps, "psr_weight": self.psr_weight, **self.color_fix.settings,
             "process_size": self.process_size, "dtype": str(self.dtype).removeprefix("torch."), "scale": self.scale,
             **{key: str(value) for key, value in self.pipeline_files.items()},
         }
@@ -226,14 +227,15 @@ class AddSRMethod(SuperResolutionMethod):
         if self._pipe is None:
             self.load()
         result = self._pipe(
-            lr, num_steps=self.num_steps, psr_weight=self.psr_weight, color_fix=self.color_fix, upscale=self.scale,
+            lr, num_steps=self.num_steps, psr_weight=self.psr_weight, color_fix=self.color_fix.method,
+            wavelet_levels=self.color_fix.wavelet_levels, upscale=self.scale,
             process_size=self.process_size, generator=torch.Generator().manual_seed(seed), output_type="pt",
         )
         return result.images.float().cpu()
 
 
 ADDSR_OPTIONS = {"steps": ("num_steps", int), "psr_weight": ("psr_weight", float), "color_fix": ("color_fix", str),
-                 "process_size": ("process_size", int)}
+                 "wavelet_levels": ("wavelet_levels", int), "process_size": ("process_size", int)}
 ADDSR_FILES = {"base_model": "base_model_dir", "ram": "ram", "dape": "dape", "ram_tag_list": "ram_tag_list",
                "ram_tag_thresholds": "ram_tag_thresholds"}
 METHOD_SPEC_HELP = (
