@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -111,7 +111,8 @@ class ColorFix:
     @property
     def settings(self) -> dict[str, Any]:
         """What decides the output: the method, and the levels for ``wavelet``."""
-        return {"color_fix": self.method, **({"wavelet_levels": self.wavelet_levels} if self.method == "wavelet" else {})}
+        levels = {"wavelet_levels": self.wavelet_levels} if self.method == "wavelet" else {}
+        return {"color_fix": self.method, **levels}
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path) -> ColorFix:
@@ -130,6 +131,6 @@ class ColorFix:
         """Write ``model_dir/color_fix.json`` (through a temporary file, so never half-written)."""
         path = Path(model_dir) / COLOR_FIX_FILE
         temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps({"method": self.method, "wavelet_levels": self.wavelet_levels}, indent=2) + "\n")
+        temporary.write_text(json.dumps(asdict(self), indent=2) + "\n")
         os.replace(temporary, path)
         return path
