@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from addsr import DEFAULT_MODEL_DIR, AddSRPipeline
+from addsr import DEFAULT_MODEL_DIR, AddSRPipeline, ColorFix
 from addsr.cli import app
 from addsr.degradations import paper_degradation
 from addsr.evaluation import parse_method
@@ -63,8 +63,8 @@ def test_the_default_model_upscales_reproducibly(default_pipe):
 
 def test_the_trained_weights_restore_better_than_random_ones(default_pipe):
     """On a Set5 image degraded x4 by bicubic, the trained model is far closer to the HR image than the same
-    architecture with its random initial U-Net and ControlNet (and the trained VAE): 21.7 against 18.1 dB when
-    shipped. Guards against shipping the wrong checkpoint."""
+    architecture with its random initial U-Net and ControlNet (and the trained VAE), both with the shipped colour
+    fix: 22.0 against 14.6 dB when shipped. Guards against shipping the wrong checkpoint."""
     hr = torch.from_numpy(np.array(Image.open(shared_path("data/val/set5/img_001.png")).convert("RGB")))
     hr = hr.permute(2, 0, 1)[None, :, 192:320, 192:320].float() / 255
     lr = paper_degradation(hr, "bicubic")
@@ -74,7 +74,7 @@ def test_the_trained_weights_restore_better_than_random_ones(default_pipe):
     untrained = AddSRPipeline(
         unet=untrained_parts.unet, controlnet=untrained_parts.controlnet, vae=default_pipe.vae,
         text_encoder=default_pipe.text_encoder, tokenizer=default_pipe.tokenizer, schedule=default_pipe.schedule,
-        tagger=None,
+        tagger=None, color_fix=default_pipe.default_color_fix,
     )
     untrained.progress_bar = False
     baseline = untrained(lr, num_steps=1, process_size=128, output_type="pt", generator=generator()).images
@@ -91,3 +91,9 @@ def test_upscale_without_model_uses_the_default(tmp_path):
 def test_eval_method_without_folder_is_the_default_model():
     method = parse_method("addsr,steps=1,name=small", device="cpu")
     assert method.model_dir == DEFAULT_MODEL_DIR.resolve() and method.num_steps == 1 and method.name == "small"
+    assert method.settings["color_fix"] == "wavelet" and method.settings["wavelet_levels"] == 3
+
+
+def test_the_default_model_uses_the_colour_fix_of_its_model_card(default_pipe):
+    """docs/small-model.md, "The colour fix": wavelet at 3 levels, chosen on training images."""
+    assert default_pipe.default_color_fix == ColorFix("wavelet", 3)
