@@ -16,6 +16,11 @@ COLOR_FIX_FILE = "color_fix.json"
 """A model folder's own colour fix (``ColorFix`` fields as JSON); without it the model uses the released AdaIN."""
 
 
+def check_wavelet_levels(levels: int) -> None:
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"wavelet levels must be a positive integer, got {levels!r}")
+
+
 def _channel_mean_std(images: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     flat = images.flatten(2)
     std = (flat.var(dim=2) + eps).sqrt()
@@ -39,6 +44,7 @@ def wavelet_blur(images: torch.Tensor, dilation: int) -> torch.Tensor:
 
 def wavelet_decompose(images: torch.Tensor, levels: int = WAVELET_LEVELS) -> tuple[torch.Tensor, torch.Tensor]:
     """Split into (high frequencies, low frequencies) with ``levels`` blurs of dilation 1, 2, 4, ..."""
+    check_wavelet_levels(levels)
     high = torch.zeros_like(images)
     low = images
     for level in range(levels):
@@ -54,7 +60,6 @@ def wavelet_color_fix(image: torch.Tensor, reference: torch.Tensor, levels: int 
     Fewer ``levels`` take finer detail from ``reference``: its low band is a blur of about
     ``sqrt((4**levels - 1) / 6)`` pixels (standard deviation: 13.1 at the released 5 levels, 3.2 at 3).
     """
-    check_wavelet_levels(levels)
     high, _ = wavelet_decompose(image, levels)
     _, reference_low = wavelet_decompose(reference, levels)
     return (high + reference_low).clamp(0, 1)
@@ -72,20 +77,11 @@ COLOR_FIXES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def check_wavelet_levels(levels: int) -> None:
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"wavelet levels must be a positive integer, got {levels!r}")
-
-
 def color_fix(
     image: torch.Tensor, reference: torch.Tensor, method: str = "adain", wavelet_levels: int = WAVELET_LEVELS
 ) -> torch.Tensor:
     """Apply the named colour fix to ``[B, 3, H, W]`` images in ``[0, 1]``; ``wavelet_levels`` is for ``wavelet``."""
-    if method not in COLOR_FIXES:
-        raise ValueError(f"Unknown colour fix {method!r}; choose one of {', '.join(COLOR_FIXES)}")
-    if method == "wavelet":
-        return wavelet_color_fix(image, reference, wavelet_levels)
-    return COLOR_FIXES[method](image, reference)
+    return ColorFix(method, wavelet_levels)(image, reference)
 
 
 @dataclass(frozen=True)
@@ -101,7 +97,9 @@ class ColorFix:
         check_wavelet_levels(self.wavelet_levels)
 
     def __call__(self, image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        return color_fix(image, reference, self.method, self.wavelet_levels)
+        if self.method == "wavelet":
+            return wavelet_color_fix(image, reference, self.wavelet_levels)
+        return COLOR_FIXES[self.method](image, reference)
 
     def replace(self, method: str | None = None, wavelet_levels: int | None = None) -> ColorFix:
         """This fix with the given fields changed; ``None`` keeps a field."""
