@@ -6,11 +6,11 @@ with AdaIN, and with the wavelet fix at each number of levels. Nothing here is a
         $(ls ../shared/data/train/sunhays60/*.png | awk 'NR % 15 == 1') \
         --niqe-params ../shared/weights/niqe_pris_params.npz
 
-The rule of docs/small-model.md ("The colour fix"): take the most levels whose 4-step output is within 1.5 dB of
-bicubic in PSNR and below it in NIQE under every degradation, with 4 steps below 1 step in NIQE. The shipped fix
-(3 levels) was chosen by a first, one-off version of this measurement (square crops, the model at the pipeline's
-512 px, each fix applied after scaling back); on the shipped model this version gives 2 levels, 3 missing by
-0.05 dB under the clean degradation.
+The rule of docs/experiments/2026-11-27-colour-fix-levels.md: take the most levels whose 4-step output is within 1.5
+dB of bicubic in PSNR and below it in NIQE under every degradation, with 4 steps below 1 step in NIQE. The shipped
+fix (3 levels) was chosen by a first, one-off version of this measurement (square crops, the model at the pipeline's
+512 px, each fix applied after scaling back); on the shipped model this version gives 2 levels, 3 missing by 0.05 dB
+under the clean degradation.
 
 The model runs once per image and step count without a colour fix, at the crop's own size (``process_size`` = its
 short side, as on the evaluation's 512 px crops); each fix is then applied to that output, as the pipeline does

@@ -3,7 +3,7 @@ LR condition and with a blank one, at several timesteps. Prints one line per tim
 
     python benchmarks/teacher_conditioning.py runs/small/teacher/checkpoints/latest
 
-The table "What the teacher learned, and when" of docs/small-model.md came from this on the saved checkpoints
+The tables of docs/experiments/2026-11-26-teacher-conditioning.md came from this on the saved checkpoints
 (Set5 img_001, the 128 px crop at rows and columns 128-256, bicubic degradation, seed 0, one thread).
 """
 

@@ -6,7 +6,7 @@ line per dataset; nothing here is a test.
     python benchmarks/vae_reconstruction.py ../shared/data/val/set5 ../shared/data/val/set14 \
         --niqe-params ../shared/weights/niqe_pris_params.npz
 
-With the shipped default model this gave the VAE numbers of docs/small-model.md ("Limitations"). Crops, LR and
+With the shipped default model this gave the VAE numbers of docs/experiments/2026-11-26-continued-vae.md. Crops, LR and
 metrics follow `addsr eval`: 512 px centre crops, the paper's bicubic degradation, the Y channel, PSNR with a 4 px
 border crop, NIQE with the evaluation's default settings.
 """

@@ -1,5 +1,7 @@
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -90,6 +92,23 @@ def test_eval_runs_baselines_and_names_bad_input(tmp_path):
     assert "4 results computed" not in runner.invoke(app, args).output  # resumed: nothing recomputed
     result = runner.invoke(app, ["eval", "--hr", f"tiny={hr}", "-o", str(out), "--metrics", "sharpness"])
     assert result.exit_code == 2 and "Unknown metrics ['sharpness']" in result.output
+
+
+def test_eval_measures_niqe_with_the_shipped_params_and_names_a_missing_flag_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("ADDSR_NIQE_PARAMS", raising=False)
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(hr / "a.png")
+    base = ["eval", "--hr", f"tiny={hr}", "-m", "bicubic", "--degradations", "bicubic", "--device", "cpu"]
+    result = runner.invoke(app, [*base, "-o", str(tmp_path / "eval")])  # default metrics: psnr, ssim, niqe
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "eval/per_image/tiny/bicubic/bicubic/a.json").read_text())
+    assert list(record["metrics"]) == ["psnr", "ssim", "niqe"]
+    assert record["metrics"]["niqe"]["settings"]["params"].endswith("niqe_pris_params.npz")
+    missing = tmp_path / "absent.npz"
+    result = runner.invoke(app, [*base, "-o", str(tmp_path / "other"), "--niqe-params", str(missing)])
+    assert result.exit_code == 2 and "absent.npz" in result.output and "--niqe-params" in result.output
 
 
 def test_an_image_too_large_for_memory_fails_alone(model_dir, inputs, tmp_path, monkeypatch):

@@ -95,5 +95,5 @@ def test_eval_method_without_folder_is_the_default_model():
 
 
 def test_the_default_model_uses_the_colour_fix_of_its_model_card(default_pipe):
-    """docs/small-model.md, "The colour fix": wavelet at 3 levels, chosen on training images."""
+    """docs/experiments/2026-11-27-colour-fix-levels.md: wavelet at 3 levels, chosen on training images."""
     assert default_pipe.default_color_fix == ColorFix("wavelet", 3)

@@ -225,6 +225,15 @@ def test_config_file_loads_including_the_shipped_one(tmp_path):
         load_config(bad)
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("eval-*.yaml")), ids=lambda path: path.stem)
+def test_eval_configs_name_example_paths_inside_the_repository(path, tmp_path):
+    config = load_config(path, out_dir=tmp_path)
+    files = [dataset.path for dataset in config.datasets] + [Path(config.metric_settings.niqe_params_path)]
+    files += [Path(spec.split(",")[0].partition(":")[2]) for spec in config.methods if ":" in spec.split(",")[0]]
+    assert all(not file.is_absolute() and ".." not in file.parts for file in files), files
+    assert (REPO / config.metric_settings.niqe_params_path).is_file()
+
+
 # -- a full tiny run --------------------------------------------------------------------------------------------
 
 

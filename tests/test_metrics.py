@@ -5,6 +5,7 @@ basicsr's calculate_niqe as vendored in the AddSR repository) or are published M
 is in docs/metrics.md.
 """
 
+import importlib
 import math
 import sys
 import types
@@ -21,6 +22,7 @@ from addsr.metrics import (
     MetricUnavailable,
     compute_metrics,
     learned_metric,
+    load_niqe_params,
     niqe,
     psnr,
     rgb_to_y,
@@ -28,7 +30,7 @@ from addsr.metrics import (
 )
 from addsr.metrics.imresize import imresize
 from addsr.metrics.learned import LEARNED_METRICS
-from addsr.metrics.niqe import PARAMS_ENV, fit_aggd
+from addsr.metrics.niqe import PARAMS_ENV, SHIPPED_PARAMS, fit_aggd
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 NIQE_PARAMS = "weights/niqe_pris_params.npz"
@@ -204,14 +206,27 @@ def test_fit_aggd_recovers_the_shape_of_known_distributions(sampler, alpha):
     assert beta_l == pytest.approx(beta_r, rel=0.02)
 
 
-def test_niqe_params_path_is_required_and_env_var_is_read(monkeypatch, tmp_path):
+def test_niqe_without_the_shipped_params_names_the_env_var_and_env_var_is_read(monkeypatch, tmp_path):
     monkeypatch.delenv(PARAMS_ENV, raising=False)
+    monkeypatch.setattr(importlib.import_module("addsr.metrics.niqe"), "SHIPPED_PARAMS", tmp_path / "missing.npz")
     img = np.zeros((192, 192, 3), np.uint8)
     with pytest.raises(FileNotFoundError, match=PARAMS_ENV):
         niqe(img)
     monkeypatch.setenv(PARAMS_ENV, str(tmp_path / "absent.npz"))
     with pytest.raises(FileNotFoundError, match="absent.npz"):
         niqe(img)
+
+
+def test_shipped_niqe_params_give_the_same_values_as_the_shared_copy(monkeypatch):
+    monkeypatch.delenv(PARAMS_ENV, raising=False)
+    shipped, reference = load_niqe_params(), load_niqe_params(shared(NIQE_PARAMS))
+    assert Path(shipped.path) == SHIPPED_PARAMS.resolve()
+    for field in ("mu", "cov", "window"):
+        np.testing.assert_array_equal(getattr(shipped, field), getattr(reference, field))
+    for name in ("set5/img_003", "set14/img_001"):
+        img = load_val(name)
+        assert niqe(img) == niqe(img, params_path=shared(NIQE_PARAMS))
+    assert MetricSuite(["niqe"])(load_val("set5/img_003"))[0].settings["params"] == str(SHIPPED_PARAMS.resolve())
 
 
 def test_niqe_needs_two_blocks(monkeypatch):
@@ -288,7 +303,7 @@ def test_compute_metrics_records_implementation_and_settings():
     assert MetricResult(**results[1].to_dict()) == results[1]
 
 
-def test_metric_suite_niqe_and_errors(monkeypatch):
+def test_metric_suite_niqe_and_errors(monkeypatch, tmp_path):
     params = shared(NIQE_PARAMS)
     suite = MetricSuite(["niqe", "psnr"], MetricSettings(niqe_params_path=params))
     assert suite.needs_reference
@@ -302,6 +317,7 @@ def test_metric_suite_niqe_and_errors(monkeypatch):
     with pytest.raises(KeyError, match="unknown metric"):
         MetricSuite(["psnr", "fid"])
     monkeypatch.delenv(PARAMS_ENV, raising=False)
+    monkeypatch.setattr(importlib.import_module("addsr.metrics.niqe"), "SHIPPED_PARAMS", tmp_path / "missing.npz")
     with pytest.raises(FileNotFoundError, match=PARAMS_ENV):
         MetricSuite(["niqe"])
 

@@ -16,8 +16,9 @@ from .methods import (
     SuperResolutionMethod,
     parse_method,
 )
-from .protocol import EvalRun, Sample, center_crop, crop_shape, evaluate, prepare_samples
+from .protocol import EvalRun, evaluate
 from .report import best_methods, table_rows, write_report
+from .samples import Sample, center_crop, crop_shape, prepare_samples
 
 __all__ = [
     "AddSRMethod",

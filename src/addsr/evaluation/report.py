@@ -19,7 +19,7 @@ from ..io import atomic_write, load_image, save_image, save_text
 from .config import EvalConfig
 from .layout import OutputLayout
 from .methods import SuperResolutionMethod
-from .protocol import Sample
+from .samples import Sample
 
 LOWER_IS_BETTER = frozenset({"niqe", "lpips", "dists"})
 METRIC_LABELS = {"psnr": "PSNR", "ssim": "SSIM", "niqe": "NIQE", "lpips": "LPIPS", "dists": "DISTS",

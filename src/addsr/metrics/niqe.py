@@ -15,6 +15,8 @@ from .image import Image, prepare
 from .imresize import imresize
 
 PARAMS_ENV = "ADDSR_NIQE_PARAMS"
+SHIPPED_PARAMS = Path(__file__).with_name("niqe_pris_params.npz")
+"""The standard pristine model (MATLAB release, as basicsr 1.4.2 ships it; docs/metrics.md), the default."""
 BLOCK_SIZE = 96
 # Pixels, local statistics and block features are float32 as in basicsr. MSCN coefficients of flat
 # regions depend on rounding, so the precision changes scores; float32 reproduces the MATLAB value
@@ -40,21 +42,23 @@ class NiqeParams:
 
 
 def resolve_params_path(path: Optional[Union[str, os.PathLike]] = None) -> Path:
-    """``path``, else ``$ADDSR_NIQE_PARAMS``; an error saying what to do when neither gives a file."""
-    chosen = path if path is not None else os.environ.get(PARAMS_ENV)
-    if chosen is None:
-        raise FileNotFoundError(
-            "NIQE needs the standard pristine model (niqe_pris_params.npz with mu_pris_param, "
-            f"cov_pris_param, gaussian_window): pass params_path or set {PARAMS_ENV}"
-        )
+    """``path``, else ``$ADDSR_NIQE_PARAMS``, else :data:`SHIPPED_PARAMS`; an error saying what to do when that
+    is not a file."""
+    options = "--niqe-params (addsr eval), niqe_params_path (eval config) or params_path (Python)"
+    if path is not None:
+        chosen, advice = path, f"give basicsr's niqe_pris_params.npz as {options}, or none for the shipped copy"
+    elif os.environ.get(PARAMS_ENV) is not None:
+        chosen, advice = os.environ[PARAMS_ENV], f"point ${PARAMS_ENV} at basicsr's niqe_pris_params.npz or unset it"
+    else:
+        chosen, advice = SHIPPED_PARAMS, f"reinstall addsr, or give basicsr's file as {options} or ${PARAMS_ENV}"
     resolved = Path(chosen).expanduser().resolve()
     if not resolved.is_file():
-        raise FileNotFoundError(f"NIQE pristine model not found at {resolved} (from params_path or {PARAMS_ENV})")
+        raise FileNotFoundError(f"NIQE pristine model not found at {resolved}: {advice}")
     return resolved
 
 
 def load_niqe_params(path: Optional[Union[str, os.PathLike]] = None) -> NiqeParams:
-    """Load the pristine model from ``path`` or ``$ADDSR_NIQE_PARAMS``."""
+    """Load the pristine model from ``path``, ``$ADDSR_NIQE_PARAMS`` or the shipped copy."""
     resolved = resolve_params_path(path)
     with np.load(resolved) as data:
         missing = {"mu_pris_param", "cov_pris_param", "gaussian_window"} - set(data.files)
@@ -146,7 +150,8 @@ def niqe(
 
     An RGB image is measured on its Y channel (``color_space``: "ycbcr" as basicsr, "yiq" as
     pyiqa's ``niqe``), rounded to integers as the MATLAB release; grey images are rounded as they
-    are. The pristine model comes from ``params_path`` or ``$ADDSR_NIQE_PARAMS``.
+    are. The pristine model comes from ``params_path``, else ``$ADDSR_NIQE_PARAMS``, else the copy shipped with
+    addsr (:data:`SHIPPED_PARAMS`).
     """
     params = load_niqe_params(params_path)
     y = np.round(prepare(img, crop_border, True, color_space))

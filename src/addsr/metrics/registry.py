@@ -25,7 +25,7 @@ class MetricSettings:
     color_space: str = "ycbcr"  # Y of "ycbcr" (MATLAB/basicsr) or "yiq" (pyiqa's default)
     niqe_crop_border: int = 0
     niqe_block_size: int = 96
-    niqe_params_path: Optional[Union[str, os.PathLike]] = None  # else $ADDSR_NIQE_PARAMS
+    niqe_params_path: Optional[Union[str, os.PathLike]] = None  # else $ADDSR_NIQE_PARAMS, else the shipped copy
     iqa_weights_dir: Optional[Union[str, os.PathLike]] = None  # else $ADDSR_IQA_WEIGHTS, else torch hub
     device: str = "cpu"  # learned metrics only
 
