@@ -99,8 +99,9 @@ class DataConfig:
     prompt_drop_probability: float = 0.5
     """Probability, per sample, of an empty prompt instead of the tags (released: 0.5)."""
     tag_source: Literal["tagger", "cache"] = "tagger"
-    """``tagger``: the run's tagger tags each crop on the fly (``tags_from``); ``cache``: the tags of ``tag_cache.file``,
-    made once by ``addsr train tags`` (released: plain RAM tags of the USM-sharpened HR, made offline)."""
+    """``tagger``: the run's tagger tags each crop on the fly (``tags_from``); ``cache``: the tags of
+    ``tag_cache.file``, made once by ``addsr train tags`` (released: plain RAM tags of the USM-sharpened HR, made
+    offline)."""
     tags_from: Literal["hr", "lr"] = "hr"
     """With ``tag_source: tagger``, the image tagged for the prompt: the HR crop (target) or the LR."""
     tag_cache: TagCacheConfig = field(default_factory=TagCacheConfig)

@@ -201,7 +201,8 @@ class TrainingRun:
         for module in (frozen.vae, frozen.text_encoder):
             move_to(module, self.device, self.weight_dtype).eval().requires_grad_(False)
         if isinstance(frozen.tagger, nn.Module):
-            move_to(frozen.tagger, CPU if self.offloading else self.device, self.weight_dtype).eval().requires_grad_(False)
+            move_to(frozen.tagger, CPU if self.offloading else self.device, self.weight_dtype)
+            frozen.tagger.eval().requires_grad_(False)
             if self.offloading:
                 frozen.tagger = OffloadedTagger(frozen.tagger, self.device)
         set_attention([unet, controlnet], optimization.attention)

@@ -342,7 +342,8 @@ class TAADDLoss:
         if self.config.teacher_reuses_student_noise:
             noise = step.noise
         else:
-            noise = randn_tensor(student_z0.shape, generator=generator, device=student_z0.device, dtype=student_z0.dtype)
+            noise = randn_tensor(student_z0.shape, generator=generator, device=student_z0.device,
+                                 dtype=student_z0.dtype)
         noisy = self.schedule.add_noise(student_z0, noise, timesteps)
         eps = predict_noise(
             self.teacher_unet, self.teacher_controlnet, noisy, timesteps, step.text_embeddings, step.hr, hr_embeddings
