@@ -100,15 +100,19 @@ class Workspace:
             values[name] = {**values.get(name, {}), **section}
         return values
 
-    def distillation(self, output_dir: Path, **sections) -> DistillationConfig:
+    def distillation_sections(self) -> dict:
+        """The tiny teacher, two teacher samples and a discriminator on tiny ViTs."""
         discriminator = {
             "feature_model": "addsr_test_vit_features", "feature_blocks": [1, 3],
             "feature_checkpoint": str(self.root / "features.safetensors"),
             "condition_model": "addsr_test_vit_condition",
             "condition_checkpoint": str(self.root / "condition.safetensors"),
         }
-        sections = {"model": {"teacher_model": str(self.base)}, "ta_add": {"teacher_samples": 2},
-                    "discriminator": discriminator, **sections}
+        return {"model": {"teacher_model": str(self.base)}, "ta_add": {"teacher_samples": 2},
+                "discriminator": discriminator}
+
+    def distillation(self, output_dir: Path, **sections) -> DistillationConfig:
+        sections = {**self.distillation_sections(), **sections}
         return merge_config(DistillationConfig(), self.overrides(output_dir, **sections))
 
     def teacher(self, output_dir: Path, **sections) -> TeacherTrainingConfig:
@@ -189,10 +193,10 @@ def without_example_paths(config) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("name", "config_class"), [("teacher", TeacherTrainingConfig), ("distill", DistillationConfig)]
+    ("name", "config_class"), [("teacher-paper", TeacherTrainingConfig), ("distill-paper", DistillationConfig)]
 )
-def test_shipped_configs_document_the_defaults(name, config_class):
-    """configs/*.yaml spell out the defaults; apart from the example paths they must equal the code's."""
+def test_paper_configs_spell_out_the_defaults(name, config_class):
+    """configs/*-paper.yaml spell out the defaults; apart from the example paths they must equal the code's."""
     loaded = load_config(ROOT / "configs" / f"{name}.yaml", config_class)
     assert without_example_paths(loaded) == without_example_paths(config_class())
 

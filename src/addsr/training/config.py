@@ -62,8 +62,6 @@ class HRSource:
     """Keep only the first ``first`` images of the sorted listing (released: the first 20 000 of LSDIR)."""
 
     def __post_init__(self) -> None:
-        if not self.path:
-            raise ValueError("an HR source needs a path")
         if self.first is not None and self.first < 1:
             raise ValueError(f"'first' of {self.path} must be at least 1 or null, got {self.first}")
 
@@ -116,6 +114,8 @@ class DataConfig:
             )
         if not 0.0 <= self.prompt_drop_probability <= 1.0:
             raise ValueError(f"prompt_drop_probability must be in [0, 1], got {self.prompt_drop_probability}")
+        if any(isinstance(source, HRSource) and not source.path for source in self.hr):
+            raise ValueError("every entry of hr needs a path ({path: ..., first: N})")
         _check_choice("tags_from", self.tags_from, ("hr", "lr"))
         _check_choice("tag_source", self.tag_source, TAG_SOURCES)
         if self.tag_source == "cache" and self.tag_cache.file is None:
