@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from .components import load_distillation_models, move_to, select_trainable, set_attention
+from .components import DistillationModels, load_distillation_models, move_to, select_trainable, set_attention
 from .config import DistillationConfig
 from .data import TrainingBatch
 from .discriminator import ProjectedDiscriminator
@@ -66,7 +66,11 @@ def train_distill(config: DistillationConfig) -> Path | None:
     Run plainly (one process) or under ``accelerate launch`` (one process per GPU, any number of nodes).
     """
     set_seed(config.optimization.seed)  # the discriminator heads' initialisation, the same in every process
-    models = load_distillation_models(config.model)
+    return distillation_run(config, load_distillation_models(config.model)).train()
+
+
+def distillation_run(config: DistillationConfig, models: DistillationModels) -> TrainingRun:
+    """The training run of ``config`` over ``models`` (loaded from the config's folders, or built in memory)."""
     trainable = select_trainable(models.student_unet, models.student_controlnet, config.trainable)
     discriminator = ProjectedDiscriminator.from_config(config.discriminator)
     frozen_components = models.frozen
@@ -84,6 +88,5 @@ def train_distill(config: DistillationConfig) -> Path | None:
             tagger=frozen_components.tagger, config=config.ta_add, teacher_device=device if offload else None,
         ))
 
-    run = TrainingRun(config, models.student_unet, models.student_controlnet, trainable, frozen_components,
-                      make_objective, auxiliary_learning_rate=config.discriminator_learning_rate)
-    return run.train()
+    return TrainingRun(config, models.student_unet, models.student_controlnet, trainable, frozen_components,
+                       make_objective, auxiliary_learning_rate=config.discriminator_learning_rate)
