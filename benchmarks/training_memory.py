@@ -84,6 +84,7 @@ def build_models(config):
 
     class UnsavedComponents(FrozenComponents):
         def save_pretrained(self, folder):  # a real run writes these once; here they would only cost time
+            Path(folder).mkdir(parents=True, exist_ok=True)
             return Path(folder)
 
     dtype = WEIGHT_DTYPES[config.optimization.mixed_precision]

@@ -27,7 +27,7 @@ from addsr.training.runner import eight_bit_adamw
 from addsr.training.tags import TagCacheError, load_cached_tags, write_tag_cache
 
 from conftest import tiny_controlnet, tiny_text_encoder, tiny_tokenizer, tiny_unet
-from test_training import CROP, Workspace, build_workspace, trainable_state
+from test_training import CROP, Workspace, assert_upscales, build_workspace, trainable_state
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -193,12 +193,7 @@ def test_a_tiny_run_of_each_recipe_resumes_and_gives_a_model_folder(workspace, t
     expected = micro if name == "distill" else per_step
     assert torch.allclose(ema[key], expected, atol=1e-6) and not torch.allclose(micro, per_step, atol=1e-6)
 
-    result = CliRunner().invoke(app, ["upscale", str(workspace.root / "val.png"), "-o", str(tmp_path / "up"),
-                                      "--model", str(output / "checkpoints" / "latest"), "--steps", "2",
-                                      "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    with Image.open(tmp_path / "up" / "val.png") as image:
-        assert image.size == (40, 32)
+    assert_upscales(workspace, output / "checkpoints" / "latest", tmp_path / "up")
 
 
 # -- cached tags ----------------------------------------------------------------------------------------------------

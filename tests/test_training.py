@@ -141,6 +141,15 @@ def workspace(tmp_path_factory) -> Workspace:
     return build_workspace(tmp_path_factory.mktemp("training"))
 
 
+def assert_upscales(workspace: Workspace, model: Path, out_dir: Path) -> None:
+    """``addsr upscale --model model`` upscales the workspace's 10 x 8 LR image x4."""
+    result = CliRunner().invoke(app, ["upscale", str(workspace.root / "val.png"), "-o", str(out_dir),
+                                      "--model", str(model), "--steps", "2", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with Image.open(out_dir / "val.png") as image:
+        assert image.size == (40, 32)
+
+
 def trainable_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     return load_file(checkpoint / "training_state" / "trainable.safetensors")
 
@@ -476,12 +485,7 @@ def test_teacher_run_changes_only_the_seesr_modules_and_its_checkpoint_upscales(
     expected = {key for key in trained if key.startswith("controlnet.") or selected_by(key, ["unet.image_attentions"])}
     assert set(trainable_state(checkpoint)) == expected
 
-    result = CliRunner().invoke(app, ["upscale", str(workspace.root / "val.png"), "-o", str(tmp_path / "up"),
-                                      "--model", str(output / "checkpoints" / "latest"), "--steps", "2",
-                                      "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    with Image.open(tmp_path / "up" / "val.png") as image:
-        assert image.size == (40, 32)
+    assert_upscales(workspace, output / "checkpoints" / "latest", tmp_path / "up")
 
 
 def test_checkpoint_is_a_complete_model_folder_with_the_ema_weights(distill_run):
