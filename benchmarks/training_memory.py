@@ -9,6 +9,7 @@ runs in its own process so that peaks do not mix.
 
     python benchmarks/training_memory.py                      # every case, smallest first
     python benchmarks/training_memory.py --cases bf16-ckpt-8bit --steps 3 --teacher-samples 4
+    python benchmarks/training_memory.py --cases bf16-ckpt-8bit --no-ema     # what fits 24 GB of host memory
 
 The frozen parts are not written to the output folder (a real run writes them once); validation is off. On a CPU
 ``offload_frozen`` changes nothing (the frozen models already live in host memory), so no case uses it there.
@@ -141,7 +142,7 @@ def memory(device: torch.device) -> dict[str, float]:
     return {"now_gib": int(status["VmRSS"].split()[0]) / 2**20, "peak_gib": int(status["VmHWM"].split()[0]) / 2**20}
 
 
-def run_case(name: str, steps: int, teacher_samples: int) -> dict:
+def run_case(name: str, steps: int, teacher_samples: int, ema: bool = True) -> dict:
     from accelerate.utils import set_seed
 
     from addsr.training import DistillationConfig, load_config
@@ -153,7 +154,7 @@ def run_case(name: str, steps: int, teacher_samples: int) -> dict:
         config = merge_config(load_config(ROOT / "configs" / "distill.yaml", DistillationConfig), {
             "data": {"hr": inputs["hr"], "num_workers": 0, "tag_cache": {"file": inputs["tag_file"]}},
             "optimization": {"batch_size": 1, "gradient_accumulation_steps": 1, "max_steps": steps,
-                             **CASES[name]},
+                             **({} if ema else {"ema_decay": None}), **CASES[name]},
             "output": {"output_dir": str(Path(folder) / "run"), "tensorboard": False, "progress_bar": False,
                        "validation_every": 0, "validation_images": []},
             "ta_add": {"teacher_samples": teacher_samples},
@@ -183,7 +184,7 @@ def run_case(name: str, steps: int, teacher_samples: int) -> dict:
             seconds.append(time.perf_counter() - started)
         state_bytes = sum(t.numel() * t.element_size() for entry in state.values() for t in _tensors(entry))
         return {"case": name, "device": str(run.device), "switches": CASES[name], "steps": steps,
-                "teacher_samples": teacher_samples, "seconds_per_step": seconds,
+                "teacher_samples": teacher_samples, "ema": ema, "seconds_per_step": seconds,
                 "memory_after_setup_gib": setup["now_gib"], "peak_during_steps_gib": memory(run.device)["peak_gib"],
                 "optimizer_state_gib": state_bytes / 2**30, **budget}
 
@@ -202,15 +203,17 @@ def main() -> None:
                         help=f"default: every case on a GPU, {', '.join(CPU_CASES)} on a CPU")
     parser.add_argument("--steps", type=int, default=2, help="optimiser steps per case (batch 1, no accumulation)")
     parser.add_argument("--teacher-samples", type=int, default=1, help="released: 4; fewer only save time")
+    parser.add_argument("--no-ema", action="store_true",
+                        help="run without the EMA (its float32 copy of the trained weights is then only counted)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON lines here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_case(args.child, args.steps, args.teacher_samples)), flush=True)
+        print(json.dumps(run_case(args.child, args.steps, args.teacher_samples, not args.no_ema)), flush=True)
         return
     for name in args.cases or (list(CASES) if torch.cuda.is_available() else CPU_CASES):
         command = [sys.executable, __file__, "--child", name, "--steps", str(args.steps),
-                   "--teacher-samples", str(args.teacher_samples)]
+                   "--teacher-samples", str(args.teacher_samples)] + (["--no-ema"] if args.no_ema else [])
         result = subprocess.run(command, capture_output=True, text=True, env=os.environ)
         if result.returncode != 0:
             print(f"{name}: failed (exit {result.returncode}): {result.stderr.strip().splitlines()[-1:]}", flush=True)
@@ -231,7 +234,7 @@ def report(record: dict) -> None:
           f"text encoder {record['text_encoder_parameters'] / 1e6:.1f} M, tagger {record['tagger_parameters'] / 1e6:.1f}"
           f" M, discriminator {record['discriminator_parameters'] / 1e6:.1f} M")
     print(f"  gradients {trainable * 4 / gib:.2f} GiB, optimiser state {record['optimizer_state_gib']:.2f} GiB, "
-          f"EMA {trainable * 4 / gib:.2f} GiB")
+          f"EMA {trainable * 4 / gib:.2f} GiB{'' if record['ema'] else ' (counted, not allocated: --no-ema)'}")
     seconds = record["seconds_per_step"]
     print(f"  memory after setup {record['memory_after_setup_gib']:.2f} GiB, peak during the steps "
           f"{record['peak_during_steps_gib']:.2f} GiB; seconds per step {', '.join(f'{s:.1f}' for s in seconds)}",
