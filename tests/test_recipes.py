@@ -5,6 +5,7 @@ folder that upscales); the cached tags, the EMA per micro-step and the memory sw
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -177,9 +178,13 @@ def test_tags_are_made_once_and_kept(workspace, tag_file):
 
 
 @pytest.mark.parametrize("name", ["distill", "distill-paper"])
-def test_a_tiny_run_of_each_recipe_resumes_and_gives_a_model_folder(workspace, tag_file, tmp_path, name):
+def test_a_tiny_run_of_each_recipe_resumes_and_gives_a_model_folder(workspace, tag_file, tmp_path, caplog, name):
     output = tmp_path / name
-    assert train_distill(tiny(workspace, name, output)) == output / "checkpoints" / "step-000002"
+    with caplog.at_level(logging.INFO, logger="addsr.training.runner"):
+        assert train_distill(tiny(workspace, name, output)) == output / "checkpoints" / "step-000002"
+    accumulation = 2 if name == "distill" else 1  # the tiny batch is 2 per device in both
+    assert f"Batch: 2 per device x 1 processes x {accumulation} accumulation steps = {2 * accumulation} samples" \
+        in caplog.text
     resumed = train_distill(tiny(workspace, name, output, optimization={
         "max_steps": 3, "ema_decay": 0.5, "learning_rate": 1e-3}))
     assert resumed == output / "checkpoints" / "step-000003"
