@@ -100,15 +100,19 @@ class Workspace:
             values[name] = {**values.get(name, {}), **section}
         return values
 
-    def distillation(self, output_dir: Path, **sections) -> DistillationConfig:
+    def distillation_sections(self) -> dict:
+        """The tiny teacher, two teacher samples and a discriminator on tiny ViTs."""
         discriminator = {
             "feature_model": "addsr_test_vit_features", "feature_blocks": [1, 3],
             "feature_checkpoint": str(self.root / "features.safetensors"),
             "condition_model": "addsr_test_vit_condition",
             "condition_checkpoint": str(self.root / "condition.safetensors"),
         }
-        sections = {"model": {"teacher_model": str(self.base)}, "ta_add": {"teacher_samples": 2},
-                    "discriminator": discriminator, **sections}
+        return {"model": {"teacher_model": str(self.base)}, "ta_add": {"teacher_samples": 2},
+                "discriminator": discriminator}
+
+    def distillation(self, output_dir: Path, **sections) -> DistillationConfig:
+        sections = {**self.distillation_sections(), **sections}
         return merge_config(DistillationConfig(), self.overrides(output_dir, **sections))
 
     def teacher(self, output_dir: Path, **sections) -> TeacherTrainingConfig:
@@ -135,6 +139,15 @@ def build_workspace(root: Path) -> Workspace:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Workspace:
     return build_workspace(tmp_path_factory.mktemp("training"))
+
+
+def assert_upscales(workspace: Workspace, model: Path, out_dir: Path) -> None:
+    """``addsr upscale --model model`` upscales the workspace's 10 x 8 LR image x4."""
+    result = CliRunner().invoke(app, ["upscale", str(workspace.root / "val.png"), "-o", str(out_dir),
+                                      "--model", str(model), "--steps", "2", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with Image.open(out_dir / "val.png") as image:
+        assert image.size == (40, 32)
 
 
 def trainable_state(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -189,10 +202,10 @@ def without_example_paths(config) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("name", "config_class"), [("teacher", TeacherTrainingConfig), ("distill", DistillationConfig)]
+    ("name", "config_class"), [("teacher-paper", TeacherTrainingConfig), ("distill-paper", DistillationConfig)]
 )
-def test_shipped_configs_document_the_defaults(name, config_class):
-    """configs/*.yaml spell out the defaults; apart from the example paths they must equal the code's."""
+def test_paper_configs_spell_out_the_defaults(name, config_class):
+    """configs/*-paper.yaml spell out the defaults; apart from the example paths they must equal the code's."""
     loaded = load_config(ROOT / "configs" / f"{name}.yaml", config_class)
     assert without_example_paths(loaded) == without_example_paths(config_class())
 
@@ -472,12 +485,7 @@ def test_teacher_run_changes_only_the_seesr_modules_and_its_checkpoint_upscales(
     expected = {key for key in trained if key.startswith("controlnet.") or selected_by(key, ["unet.image_attentions"])}
     assert set(trainable_state(checkpoint)) == expected
 
-    result = CliRunner().invoke(app, ["upscale", str(workspace.root / "val.png"), "-o", str(tmp_path / "up"),
-                                      "--model", str(output / "checkpoints" / "latest"), "--steps", "2",
-                                      "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    with Image.open(tmp_path / "up" / "val.png") as image:
-        assert image.size == (40, 32)
+    assert_upscales(workspace, output / "checkpoints" / "latest", tmp_path / "up")
 
 
 def test_checkpoint_is_a_complete_model_folder_with_the_ema_weights(distill_run):

@@ -229,5 +229,26 @@ def train_distill(config: ConfigArgument, overrides: SetOption = []) -> None:
     _train("distill", config, overrides)
 
 
+@train_app.command("tags")
+def train_tags(
+    config: ConfigArgument,
+    overrides: SetOption = [],
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace a tag cache made with other settings.")] = False,
+) -> None:
+    """Tag the USM-sharpened HR images of a config once (plain RAM, as released) into data.tag_cache.file."""
+    import logging
+
+    from .training import load_data_config
+    from .training.tags import tag_hr_images
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        file = tag_hr_images(load_data_config(config, overrides), device, overwrite=overwrite)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    typer.echo(f"tags written to {file}")
+
+
 if __name__ == "__main__":
     app()

@@ -7,12 +7,15 @@ from .config import (
     DataConfig,
     DistillationConfig,
     DistillationModelConfig,
+    HRSource,
     OptimizationConfig,
     OutputConfig,
+    TagCacheConfig,
     TaggerConfig,
     TeacherModelConfig,
     TeacherTrainingConfig,
     load_config,
+    load_data_config,
 )
 from .data import HRCropDataset, ShardedSampler, TrainingBatch, TrainingBatchMaker
 from .diffaug import diff_augment
@@ -30,6 +33,7 @@ from .ta_add import (
     discriminator_hinge_loss,
     generator_adversarial_loss,
 )
+from .tags import load_cached_tags, tag_hr_images, write_tag_cache
 from .teacher import TeacherLoss, TeacherLosses, TeacherObjective, train_teacher
 from .trainable import DEFAULT_TRAINABLE, freeze_all_but, trainable_parameters
 from .vae import VAETrainingConfig, train_vae
@@ -45,6 +49,7 @@ __all__ = [
     "ExponentialMovingAverage",
     "FrozenComponents",
     "GeneratorLosses",
+    "HRSource",
     "HRCropDataset",
     "Objective",
     "OptimizationConfig",
@@ -55,6 +60,7 @@ __all__ = [
     "TAADDConfig",
     "TAADDLoss",
     "TAADDStep",
+    "TagCacheConfig",
     "TaggerConfig",
     "TeacherLoss",
     "TeacherLosses",
@@ -73,12 +79,16 @@ __all__ = [
     "freeze_all_but",
     "generator_adversarial_loss",
     "list_checkpoints",
+    "load_cached_tags",
     "load_backbone_weights",
     "load_config",
+    "load_data_config",
     "resolve_resume",
     "select_trainable",
+    "tag_hr_images",
     "train_distill",
     "train_teacher",
     "train_vae",
     "trainable_parameters",
+    "write_tag_cache",
 ]

@@ -54,6 +54,15 @@ def move_to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.M
     return module
 
 
+def set_attention(models: Sequence[nn.Module], kind: str) -> None:
+    """``sdpa``: PyTorch's ``scaled_dot_product_attention`` (diffusers' default); ``eager``: softmax(QK^T)V written
+    out, which holds every attention matrix in memory."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    for model in models:
+        model.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
+
+
 def model_folders(*folders: str | Path | None) -> list[Path]:
     """The given folders that are set, in order of preference."""
     return [Path(folder) for folder in folders if folder is not None]

@@ -24,6 +24,10 @@ from .trainable import DEFAULT_TRAINABLE
 
 ConfigT = TypeVar("ConfigT")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit")
+ATTENTION = ("sdpa", "eager")
+EMA_UPDATES = ("optimizer_step", "micro_step")
+TAG_SOURCES = ("tagger", "cache")
 
 
 class ConfigError(ValueError):
@@ -50,11 +54,40 @@ class TaggerConfig:
 
 
 @dataclass
+class HRSource:
+    """A folder of HR images (searched recursively) or a text file listing them, optionally cut to its first images."""
+
+    path: str = ""
+    first: int | None = None
+    """Keep only the first ``first`` images of the sorted listing (released: the first 20 000 of LSDIR)."""
+
+    def __post_init__(self) -> None:
+        if self.first is not None and self.first < 1:
+            raise ValueError(f"'first' of {self.path} must be at least 1 or null, got {self.first}")
+
+
+@dataclass
+class TagCacheConfig:
+    """Prompts made once (``addsr train tags``): the tags of each USM-sharpened HR image, cached in a JSON file."""
+
+    file: str | None = None
+    """The JSON file of the cached tags, written by ``addsr train tags`` and read by training."""
+    tagger: TaggerConfig = field(default_factory=TaggerConfig)
+    """The tagger that makes them; released: plain RAM (``ram`` + ``tag_list`` + ``tag_thresholds``, no DAPE)."""
+    batch_size: int = 8
+    """Images tagged at once."""
+
+    def __post_init__(self) -> None:
+        _check_positive("tag_cache.batch_size", self.batch_size)
+
+
+@dataclass
 class DataConfig:
     """HR training images, how they are cropped and degraded, and how prompts are made."""
 
-    hr: list[str] = field(default_factory=list)
-    """Folders of HR images (searched recursively) and/or text files listing image paths, one a line."""
+    hr: list[str | HRSource] = field(default_factory=list)
+    """Folders of HR images (searched recursively) and/or text files listing image paths, one a line; an entry may be
+    ``{path: ..., first: N}`` to keep the first N images of the sorted listing."""
     crop_size: int = 512
     """Side of the random square HR crop; a multiple of 8 and of the degradation scale."""
     flip: bool = True
@@ -63,8 +96,13 @@ class DataConfig:
     """Real-ESRGAN second-order degradation that makes the LR on the fly (SPEC section 3 values)."""
     prompt_drop_probability: float = 0.5
     """Probability, per sample, of an empty prompt instead of the tags (released: 0.5)."""
+    tag_source: Literal["tagger", "cache"] = "tagger"
+    """``tagger``: the run's tagger tags each crop on the fly (``tags_from``); ``cache``: the tags of
+    ``tag_cache.file``, made once by ``addsr train tags`` (released: plain RAM tags of the USM-sharpened HR, made
+    offline)."""
     tags_from: Literal["hr", "lr"] = "hr"
-    """Image the prompt tags are computed from (released: the HR, tagged offline)."""
+    """With ``tag_source: tagger``, the image tagged for the prompt: the HR crop (target) or the LR."""
+    tag_cache: TagCacheConfig = field(default_factory=TagCacheConfig)
     num_workers: int = 4
     """Data loader worker processes (image decoding and cropping)."""
 
@@ -76,8 +114,12 @@ class DataConfig:
             )
         if not 0.0 <= self.prompt_drop_probability <= 1.0:
             raise ValueError(f"prompt_drop_probability must be in [0, 1], got {self.prompt_drop_probability}")
-        if self.tags_from not in ("hr", "lr"):
-            raise ValueError(f"tags_from must be 'hr' or 'lr', got {self.tags_from!r}")
+        if any(isinstance(source, HRSource) and not source.path for source in self.hr):
+            raise ValueError("every entry of hr needs a path ({path: ..., first: N})")
+        _check_choice("tags_from", self.tags_from, ("hr", "lr"))
+        _check_choice("tag_source", self.tag_source, TAG_SOURCES)
+        if self.tag_source == "cache" and self.tag_cache.file is None:
+            raise ValueError("tag_source: cache needs tag_cache.file (the JSON file `addsr train tags` writes)")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be at least 0, got {self.num_workers}")
 
@@ -96,13 +138,24 @@ class OptimizationConfig:
     """Linear warm-up of the learning rate; 0 is the released constant rate."""
     ema_decay: float | None = 0.99
     """EMA of the trainable weights, exported in checkpoints; ``null`` (TOML: ``"none"``) exports the raw weights."""
+    ema_update: Literal["optimizer_step", "micro_step"] = "optimizer_step"
+    """When the EMA is updated: after every optimiser step, or after every micro-step (released: with gradient
+    accumulation the average then takes the same weights several times)."""
     batch_size: int = 6
-    """Samples per process and micro-step; the effective batch is ``batch_size * processes * accumulation``."""
+    """Samples per device (process) and micro-step; the total batch is ``batch_size * processes * accumulation``."""
     gradient_accumulation_steps: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
     """Autocast for the trained models; the frozen models are cast to this type (fp32 master weights)."""
     gradient_checkpointing: bool = False
     """Recompute activations of the U-Net, ControlNet and VAE decoder in the backward pass to save memory."""
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    """Attention of the U-Nets and ControlNets: PyTorch's scaled-dot-product kernels (flash / memory-efficient on
+    GPUs), or the plain softmax(QK^T)V that materialises every attention matrix."""
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    """The student's optimiser: torch AdamW, or bitsandbytes' 8-bit AdamW (a quarter of the state memory; needs the
+    ``bitsandbytes`` extra)."""
+    offload_frozen: bool = False
+    """Keep the frozen teacher and the tagger on the CPU and move them to the device only while they run."""
     max_steps: int = 50_000
     """Optimiser steps."""
     seed: int = 0
@@ -118,10 +171,10 @@ class OptimizationConfig:
         _check_positive("max_grad_norm", self.max_grad_norm)
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or null, got {self.ema_decay}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(
-                f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"
-            )
+        _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("attention", self.attention, ATTENTION)
+        _check_choice("ema_update", self.ema_update, EMA_UPDATES)
         if self.lr_warmup_steps < 0:
             raise ValueError(f"lr_warmup_steps must be at least 0, got {self.lr_warmup_steps}")
 
@@ -240,6 +293,11 @@ class DistillationConfig:
 def _check_positive(name: str, value: float) -> None:
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 # -- loading ---------------------------------------------------------------------------------------------------
@@ -415,3 +473,14 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         return value
 
     return plain(dataclasses.asdict(config))
+
+
+def load_data_config(path: str | Path, overrides: Sequence[str] = ()) -> DataConfig:
+    """The ``data`` section of a teacher or distillation config file, then ``data.*`` overrides."""
+    section = read_config_file(path).get("data") or {}
+    config = merge_config(DataConfig(), section, source=str(path), prefix="data.")
+    nested = parse_overrides(overrides)
+    others = sorted(set(nested) - {"data"})
+    if others:
+        raise ConfigError(f"--set: only data.* keys apply here, got {', '.join(others)}")
+    return merge_config(config, nested.get("data", {}), source="--set", prefix="data.")

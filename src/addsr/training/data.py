@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..degradations import RealESRGANDegradation
 from ..io import IMAGE_SUFFIXES, load_image
 from ..tagging import Tagger
-from .config import DataConfig
+from .config import DataConfig, HRSource
 from ..draws import uniform
 
 
@@ -29,25 +29,30 @@ def derive_seed(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) for v in values]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def list_hr_images(sources: Sequence[str | Path]) -> list[Path]:
+def list_hr_images(sources: Sequence[str | Path | HRSource]) -> list[Path]:
     """Image files of folders (recursively, sorted) and of text files listing one path a line (relative paths are
-    taken from the list's folder; blank lines and ``#`` comments are skipped)."""
+    taken from the list's folder; blank lines and ``#`` comments are skipped); an :class:`HRSource` with ``first``
+    keeps that many of its images."""
     if not sources:
         raise ValueError("No HR image sources: set data.hr to folders of HR images or text files listing them")
     images: list[Path] = []
-    for source in map(Path, sources):
-        if source.is_dir():
-            images.extend(sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        elif source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
-            images.append(source)
-        elif source.is_file():
-            lines = (line.strip() for line in source.read_text(encoding="utf-8").splitlines())
-            images.extend(source.parent / line for line in lines if line and not line.startswith("#"))
-        else:
-            raise FileNotFoundError(f"HR image source {source} does not exist (give folders, images or file lists)")
+    for source in sources:
+        first = source.first if isinstance(source, HRSource) else None
+        images.extend(_source_images(Path(source.path if isinstance(source, HRSource) else source))[:first])
     if not images:
         raise ValueError(f"No HR images found in {[str(s) for s in sources]}; supported suffixes: {IMAGE_SUFFIXES}")
     return images
+
+
+def _source_images(source: Path) -> list[Path]:
+    if source.is_dir():
+        return sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
+        return [source]
+    if source.is_file():
+        lines = (line.strip() for line in source.read_text(encoding="utf-8").splitlines())
+        return [source.parent / line for line in lines if line and not line.startswith("#")]
+    raise FileNotFoundError(f"HR image source {source} does not exist (give folders, images or file lists)")
 
 
 def random_crop(image: np.ndarray, size: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -83,6 +88,13 @@ class HRCropDataset(Dataset):
         return random_crop(image, self.crop_size, self.flip, torch.Generator().manual_seed(seed))
 
 
+class IndexedHRCropDataset(HRCropDataset):
+    """HR crops with the index of their image (to look up its cached tags)."""
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        return super().__getitem__(item), item[0]
+
+
 class ShardedSampler(Sampler):
     """Endless ``(index, seed)`` items for process ``rank`` of ``world_size``, starting after ``start`` items.
 
@@ -112,11 +124,12 @@ class ShardedSampler(Sampler):
 
 
 def hr_dataloader(
-    config: DataConfig, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start: int = 0,
-    pin_memory: bool = False,
+    images: Sequence[Path], config: DataConfig, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+    start: int = 0, pin_memory: bool = False,
 ) -> DataLoader:
-    """An endless loader of ``[B, 3, crop, crop]`` uint8 HR crops for process ``rank``, skipping ``start`` items."""
-    dataset = HRCropDataset(list_hr_images(config.hr), config.crop_size, config.flip)
+    """An endless loader of ``([B, 3, crop, crop] uint8 HR crops, [B] image indices)`` for process ``rank``,
+    skipping ``start`` items."""
+    dataset = IndexedHRCropDataset(images, config.crop_size, config.flip)
     sampler = ShardedSampler(len(dataset), seed, rank, world_size, start)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=config.num_workers, pin_memory=pin_memory,
@@ -137,7 +150,11 @@ class TrainingBatch:
 
 
 class TrainingBatchMaker:
-    """Turns HR crops into training batches: degrade, resize the LR back up, tag, drop prompts, encode the text."""
+    """Turns HR crops into training batches: degrade, resize the LR back up, tag, drop prompts, encode the text.
+
+    The tags come from ``cached_tags`` (one string per HR image, looked up by the crops' image indices) when given,
+    else from ``tagger`` on the fly; without either every prompt is empty.
+    """
 
     def __init__(
         self,
@@ -145,32 +162,46 @@ class TrainingBatchMaker:
         tokenizer,
         text_encoder: torch.nn.Module,
         tagger: Tagger | None = None,
+        cached_tags: Sequence[str] | None = None,
     ):
         self.config = config
         self.degradation = RealESRGANDegradation(config.degradation)
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.tagger = tagger
+        self.cached_tags = cached_tags
 
     @torch.no_grad()
-    def __call__(self, hr: torch.Tensor, generator: torch.Generator | None = None) -> TrainingBatch:
-        """``hr``: ``[B, 3, H, W]`` uint8 (or float in ``[0, 1]``) crops on the training device."""
+    def __call__(
+        self, hr: torch.Tensor, generator: torch.Generator | None = None, indices: Sequence[int] | None = None
+    ) -> TrainingBatch:
+        """``hr``: ``[B, 3, H, W]`` uint8 (or float in ``[0, 1]``) crops on the training device; ``indices``: their
+        images' indices (needed with cached tags)."""
         hr = hr.float() / 255 if hr.dtype == torch.uint8 else hr.float()
         small, target = self.degradation(hr, generator)
         lr = F.interpolate(small, size=target.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
-        prompts = self.prompts(target if self.config.tags_from == "hr" else lr, generator)
+        prompts = self.prompts(target if self.config.tags_from == "hr" else lr, generator, indices)
         return TrainingBatch(hr=target, lr=lr, prompts=prompts, text_embeddings=self.encode_prompts(prompts))
 
-    def prompts(self, images: torch.Tensor, generator: torch.Generator | None) -> list[str]:
-        """``"{tags},"`` from the tagger (the released training's tag files), or ``""`` for dropped samples and
-        without a tagger."""
+    def prompts(
+        self, images: torch.Tensor, generator: torch.Generator | None, indices: Sequence[int] | None = None
+    ) -> list[str]:
+        """``"{tags},"`` (the released training's tag files), or ``""`` for dropped samples and without tags."""
         keep = uniform(0.0, 1.0, images.shape[0], generator, images.device) >= self.config.prompt_drop_probability
         prompts = [""] * images.shape[0]
-        if self.tagger is None or not keep.any():
+        rows = keep.nonzero().squeeze(1).tolist()
+        if not rows:
             return prompts
-        rows = keep.nonzero().squeeze(1)
-        for row, tags in zip(rows.tolist(), self.tagger.tags(images[rows])):
-            prompts[row] = f"{tags},"
+        if self.cached_tags is not None:
+            if indices is None:
+                raise ValueError("cached tags are looked up by image index: pass the crops' indices")
+            tags = [self.cached_tags[int(indices[row])] for row in rows]
+        elif self.tagger is not None:
+            tags = self.tagger.tags(images[rows])
+        else:
+            return prompts
+        for row, text in zip(rows, tags):
+            prompts[row] = f"{text},"
         return prompts
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:

@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from .components import load_distillation_models, move_to, select_trainable
+from .components import DistillationModels, load_distillation_models, move_to, select_trainable, set_attention
 from .config import DistillationConfig
 from .data import TrainingBatch
 from .discriminator import ProjectedDiscriminator
+from .offload import CPU
 from .runner import TrainingRun, frozen
 from .ta_add import TAADDLoss
 
@@ -65,21 +66,27 @@ def train_distill(config: DistillationConfig) -> Path | None:
     Run plainly (one process) or under ``accelerate launch`` (one process per GPU, any number of nodes).
     """
     set_seed(config.optimization.seed)  # the discriminator heads' initialisation, the same in every process
-    models = load_distillation_models(config.model)
+    return distillation_run(config, load_distillation_models(config.model)).train()
+
+
+def distillation_run(config: DistillationConfig, models: DistillationModels) -> TrainingRun:
+    """The training run of ``config`` over ``models`` (loaded from the config's folders, or built in memory)."""
     trainable = select_trainable(models.student_unet, models.student_controlnet, config.trainable)
     discriminator = ProjectedDiscriminator.from_config(config.discriminator)
     frozen_components = models.frozen
+    teachers = (models.teacher_unet, models.teacher_controlnet)
+    set_attention(teachers, config.optimization.attention)
 
     def make_objective(unet, controlnet, device, dtype) -> DistillationObjective:
-        for teacher in (models.teacher_unet, models.teacher_controlnet):
-            move_to(teacher, device, dtype).eval()
+        offload = config.optimization.offload_frozen and device.type != "cpu"
+        for teacher in teachers:
+            move_to(teacher, CPU if offload else device, dtype).eval()
         return DistillationObjective(TAADDLoss(
             student_unet=unet, student_controlnet=controlnet, teacher_unet=models.teacher_unet,
             teacher_controlnet=models.teacher_controlnet, vae=frozen_components.vae,
             discriminator=prepare_discriminator(discriminator, device, dtype), schedule=frozen_components.schedule,
-            tagger=frozen_components.tagger, config=config.ta_add,
+            tagger=frozen_components.tagger, config=config.ta_add, teacher_device=device if offload else None,
         ))
 
-    run = TrainingRun(config, models.student_unet, models.student_controlnet, trainable, frozen_components,
-                      make_objective, auxiliary_learning_rate=config.discriminator_learning_rate)
-    return run.train()
+    return TrainingRun(config, models.student_unet, models.student_controlnet, trainable, frozen_components,
+                       make_objective, auxiliary_learning_rate=config.discriminator_learning_rate)

@@ -36,10 +36,12 @@ from .checkpoints import (
     write_checkpoint,
     write_components,
 )
-from .components import FrozenComponents, move_to
+from .components import FrozenComponents, move_to, set_attention
 from .config import DataConfig, OptimizationConfig, OutputConfig, config_to_dict
-from .data import TrainingBatch, TrainingBatchMaker, derive_seed, hr_dataloader
+from .data import TrainingBatch, TrainingBatchMaker, derive_seed, hr_dataloader, list_hr_images
 from .ema import ExponentialMovingAverage
+from .offload import CPU, OffloadedTagger
+from .tags import load_cached_tags
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,19 @@ class TrainingConfig(Protocol):
 
 ObjectiveFactory = Callable[[nn.Module, nn.Module, torch.device, torch.dtype], Objective]
 """Builds the objective from the (possibly DDP-wrapped) student U-Net and ControlNet, the device and the dtype of
-frozen models; it moves its own frozen models there."""
+frozen models; it moves its own frozen models there (or keeps them on the CPU with ``optimization.offload_frozen``)."""
+
+
+def eight_bit_adamw() -> type[torch.optim.Optimizer]:
+    """bitsandbytes' ``AdamW8bit``, imported only when asked for."""
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ImportError(
+            "optimization.optimizer: adamw8bit needs bitsandbytes: `pip install -c constraints.txt 'addsr[adamw8bit]'`"
+            ", or set optimization.optimizer: adamw"
+        ) from None
+    return bitsandbytes.optim.AdamW8bit
 
 
 @contextlib.contextmanager
@@ -131,15 +145,21 @@ class TrainingRun:
         self._prepare_output_dir()
         self.unet, self.controlnet = self._prepare_models(unet, controlnet)
         self.objective = make_objective(self.unet, self.controlnet, self.device, self.weight_dtype)
-        self.optimizer = self._adamw(list(self.trainable.values()), optimization.learning_rate)
+        self.optimizer = self._adamw(list(self.trainable.values()), optimization.learning_rate,
+                                     eight_bit=optimization.optimizer == "adamw8bit")
         self.ema = ExponentialMovingAverage(self.trainable, optimization.ema_decay) \
             if optimization.ema_decay is not None else None
         self.auxiliary_optimizer = self._prepare_auxiliary(auxiliary_learning_rate)
         self._resume(resolve_resume(output.resume, self.output_dir))
+        self.images = list_hr_images(config.data.hr)
+        cached_tags = load_cached_tags(config.data.tag_cache.file, self.images) \
+            if config.data.tag_source == "cache" else None
         self.data = self._data()
         self.batch_maker = TrainingBatchMaker(
-            config.data, frozen_components.tokenizer, frozen_components.text_encoder, frozen_components.tagger
+            config.data, frozen_components.tokenizer, frozen_components.text_encoder, frozen_components.tagger,
+            cached_tags,
         )
+        self._log_batch()
         self.writer = _tensorboard_writer(self.output_dir / "logs") \
             if output.tensorboard and self.accelerator.is_main_process else None
         self.validation_images = [(path.stem, pil_to_tensor(load_image(path)))
@@ -148,9 +168,16 @@ class TrainingRun:
 
     # -- setup -----------------------------------------------------------------------------------------------
 
-    def _adamw(self, parameters: list[nn.Parameter], learning_rate: float) -> torch.optim.AdamW:
+    @property
+    def offloading(self) -> bool:
+        """Whether frozen models wait on the CPU between uses (asked for, and training on an accelerator)."""
+        return self.config.optimization.offload_frozen and self.device.type != "cpu"
+
+    def _adamw(
+        self, parameters: list[nn.Parameter], learning_rate: float, eight_bit: bool = False
+    ) -> torch.optim.Optimizer:
         optimization = self.config.optimization
-        optimizer = torch.optim.AdamW(
+        optimizer = (eight_bit_adamw() if eight_bit else torch.optim.AdamW)(
             parameters, lr=learning_rate, betas=optimization.betas, weight_decay=optimization.weight_decay,
             eps=optimization.epsilon,
         )
@@ -168,12 +195,18 @@ class TrainingRun:
         self.accelerator.wait_for_everyone()
 
     def _prepare_models(self, unet: nn.Module, controlnet: nn.Module) -> tuple[nn.Module, nn.Module]:
-        """Frozen models to the device in the weight dtype; the student (float32) wrapped by accelerate."""
-        frozen = self.frozen
-        modules = [frozen.vae, frozen.text_encoder] + ([frozen.tagger] if isinstance(frozen.tagger, nn.Module) else [])
-        for module in modules:
+        """Frozen models to the device in the weight dtype (the tagger to the CPU when offloading, behind an
+        :class:`OffloadedTagger`); the student (float32) wrapped by accelerate."""
+        frozen, optimization = self.frozen, self.config.optimization
+        for module in (frozen.vae, frozen.text_encoder):
             move_to(module, self.device, self.weight_dtype).eval().requires_grad_(False)
-        if self.config.optimization.gradient_checkpointing:
+        if isinstance(frozen.tagger, nn.Module):
+            move_to(frozen.tagger, CPU if self.offloading else self.device, self.weight_dtype)
+            frozen.tagger.eval().requires_grad_(False)
+            if self.offloading:
+                frozen.tagger = OffloadedTagger(frozen.tagger, self.device)
+        set_attention([unet, controlnet], optimization.attention)
+        if optimization.gradient_checkpointing:
             for model in (unet, controlnet, frozen.vae):
                 model.enable_gradient_checkpointing()
         return self.accelerator.prepare(unet.train(), controlnet.train())
@@ -196,9 +229,17 @@ class TrainingRun:
         optimization = self.config.optimization
         used = self.step * optimization.gradient_accumulation_steps * optimization.batch_size
         return iter(hr_dataloader(
-            self.config.data, optimization.batch_size, optimization.seed, self.accelerator.process_index,
+            self.images, self.config.data, optimization.batch_size, optimization.seed, self.accelerator.process_index,
             self.accelerator.num_processes, start=used, pin_memory=self.device.type == "cuda",
         ))
+
+    def _log_batch(self) -> None:
+        optimization = self.config.optimization
+        processes, accumulation = self.accelerator.num_processes, optimization.gradient_accumulation_steps
+        logger.info(
+            "Batch: %d per device x %d processes x %d accumulation steps = %d samples per optimiser step in total",
+            optimization.batch_size, processes, accumulation, optimization.batch_size * processes * accumulation,
+        )
 
     def _resume(self, checkpoint: Path | None) -> None:
         if checkpoint is None:
@@ -253,7 +294,7 @@ class TrainingRun:
         interval: dict[str, list[float]] = defaultdict(list)
         while self.step < optimization.max_steps:
             started = time.perf_counter()
-            logs = self._optimizer_step()
+            logs = self.optimizer_step()
             self.step += 1
             logs["step_seconds"] = time.perf_counter() - started
             for key, value in logs.items():
@@ -274,16 +315,18 @@ class TrainingRun:
             self.writer.close()
         return last_checkpoint
 
-    def _optimizer_step(self) -> dict[str, float]:
+    def optimizer_step(self) -> dict[str, float]:
+        """One optimiser step over ``gradient_accumulation_steps`` micro-batches; returns its logs (the step counter
+        is the caller's)."""
         optimization = self.config.optimization
         accumulation = optimization.gradient_accumulation_steps
         logs: dict[str, float] = defaultdict(float)
         for micro in range(accumulation):
-            hr = next(self.data).to(self.device, non_blocking=True)
+            hr, indices = next(self.data)
             generator = torch.Generator(self.device).manual_seed(
                 derive_seed(optimization.seed, self.accelerator.process_index, self.step, micro)
             )
-            batch = self.batch_maker(hr, generator)
+            batch = self.batch_maker(hr.to(self.device, non_blocking=True), generator, indices.tolist())
             last = micro == accumulation - 1
             with self._gradient_sync(last):
                 micro_logs = self.objective.accumulate(
@@ -291,6 +334,8 @@ class TrainingRun:
                 )
             for key, value in micro_logs.items():
                 logs[key] += value / accumulation
+            if self.ema is not None and optimization.ema_update == "micro_step" and not last:
+                self.ema.update()  # released: before the weights change, so the average takes them again
 
         learning_rate = self._set_learning_rates()
         scaler = self.accelerator.scaler

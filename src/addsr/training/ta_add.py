@@ -18,6 +18,7 @@ timestep ``s`` is conditioned on x0-hat (PSR) and on the tagger embeddings of x0
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,6 +31,7 @@ from ..diffusion import STUDENT_TIMESTEPS, NoiseSchedule
 from ..tagging import Tagger
 from .denoiser import check_pair, decode_latents, encode_images, predict_noise, tagger_embeddings
 from .discriminator import ProjectedDiscriminator
+from .offload import on_device
 from ..draws import randint, uniform
 
 
@@ -215,6 +217,7 @@ class TAADDLoss:
         schedule: NoiseSchedule,
         tagger: Tagger | None = None,
         config: TAADDConfig | None = None,
+        teacher_device: torch.device | None = None,
     ):
         self.student_unet = student_unet
         self.student_controlnet = student_controlnet
@@ -227,6 +230,7 @@ class TAADDLoss:
         if isinstance(tagger, nn.Module):
             tagger.requires_grad_(False)
         self.config = config or TAADDConfig()
+        self.teacher_device = teacher_device
 
     # -- building blocks ------------------------------------------------------------------------------
 
@@ -315,18 +319,36 @@ class TAADDLoss:
         hr_embeddings = tagger_embeddings(self.tagger, step.hr)
         student_z0 = step.latents.detach()
         images = []
-        for k in range(samples):
-            if self.config.teacher_reuses_student_noise:
-                noise = step.noise
-            else:
-                noise = randn_tensor(student_z0.shape, generator=generator, device=device, dtype=student_z0.dtype)
-            noisy = self.schedule.add_noise(student_z0, noise, timesteps[:, k])
-            eps = predict_noise(
-                self.teacher_unet, self.teacher_controlnet, noisy, timesteps[:, k], step.text_embeddings, step.hr,
-                hr_embeddings,
-            )
-            images.append(decode_latents(self.vae, self.schedule.predict_x0(noisy, eps, timesteps[:, k])))
+        with self._teacher_loaded():
+            for k in range(samples):
+                images.append(self._teacher_x0(step, student_z0, timesteps[:, k], hr_embeddings, generator))
         return torch.stack(images, dim=1), timesteps
+
+    def _teacher_loaded(self):
+        """The teacher on ``teacher_device`` for the block when it is kept on the CPU, else as it is."""
+        if self.teacher_device is None:
+            return nullcontext()
+        return on_device([self.teacher_unet, self.teacher_controlnet], self.teacher_device)
+
+    def _teacher_x0(
+        self,
+        step: TAADDStep,
+        student_z0: torch.Tensor,
+        timesteps: torch.Tensor,
+        hr_embeddings: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """The teacher's one-step x0 of the student's z0 noised at ``timesteps``, conditioned on the HR."""
+        if self.config.teacher_reuses_student_noise:
+            noise = step.noise
+        else:
+            noise = randn_tensor(student_z0.shape, generator=generator, device=student_z0.device,
+                                 dtype=student_z0.dtype)
+        noisy = self.schedule.add_noise(student_z0, noise, timesteps)
+        eps = predict_noise(
+            self.teacher_unet, self.teacher_controlnet, noisy, timesteps, step.text_embeddings, step.hr, hr_embeddings
+        )
+        return decode_latents(self.vae, self.schedule.predict_x0(noisy, eps, timesteps))
 
     def generator_loss(self, step: TAADDStep, generator: torch.Generator | None = None) -> GeneratorLosses:
         """``L_dis + lambda * L_adv``: d(s, t)-weighted pixel MSE to the teacher's x0, plus ``-D(fake)``."""
