@@ -28,7 +28,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..diffusion import STUDENT_TIMESTEPS, NoiseSchedule
 from ..tagging import Tagger
-from .denoiser import check_pair, decode_latents, encode_images, predict_noise, tagger_embeddings
+from ..denoiser import check_pair, decode_latents, encode_images, predict_noise, tagger_embeddings
 from .discriminator import ProjectedDiscriminator
 from ..draws import randint, uniform
 
