@@ -14,6 +14,7 @@ import argparse
 import torch
 
 from addsr import AddSRPipeline
+from addsr.denoiser import decode_latents, encode_images, predict_noise
 from addsr.degradations import paper_degradation
 from addsr.io import load_image, pil_to_tensor
 from addsr.metrics import psnr
@@ -36,16 +37,16 @@ def main() -> None:
     conditions = {"LR": condition.clamp(0, 1), "blank": torch.zeros_like(condition)}
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        latents = pipe.encode_image(hr, generator)
+        latents = encode_images(pipe.vae, hr, generator)
         text = pipe.encode_prompts([""])
-        reconstruction = pipe.decode_latents(latents)
+        reconstruction = decode_latents(pipe.vae, latents)
         print(f"VAE reconstruction {psnr(reconstruction, hr):.2f} dB")
         for timestep in args.timesteps:
             noisy = pipe.schedule.add_noise(latents, torch.randn(latents.shape, generator=generator), timestep)
             scores = []
             for name, image in conditions.items():
-                noise = pipe.predict_noise(noisy, timestep, text, image, None, 1.0)
-                x0 = pipe.decode_latents(pipe.schedule.predict_x0(noisy, noise, timestep))
+                noise = predict_noise(pipe.unet, pipe.controlnet, noisy, timestep, text, image, None)
+                x0 = decode_latents(pipe.vae, pipe.schedule.predict_x0(noisy, noise, timestep))
                 scores.append(f"{name} {psnr(x0, hr):.2f} dB")
             print(f"t = {timestep}: x0 PSNR " + ", ".join(scores))
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from addsr.diffusion import STUDENT_TIMESTEPS, NoiseSchedule
-from addsr.training.denoiser import tagger_embeddings
+from addsr.denoiser import tagger_embeddings
 from addsr.training import (
     DEFAULT_TRAINABLE,
     ProjectedDiscriminator,

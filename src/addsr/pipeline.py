@@ -7,7 +7,9 @@ prompts and move models around.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,11 +22,13 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .colorfix import ColorFix
+from .denoiser import latent_factor, predict_noise, tagger_input
 from .devices import resolve_device, resolve_dtype
 from .diffusion import NoiseSchedule, student_timesteps
 from .io import images_to_tensor, resize_images, tensor_to_pil
 from .models import ControlNet, UNet
 from .tagging import Tagger
+from .tiling import Denoise, TiledDenoiser, TiledVAE, TileLayout, auto_tile_size
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +60,11 @@ def condition_size(height: int, width: int, upscale: int = 4, process_size: int 
 
 
 def build_prompt(tags: str | None, prompt: str, added_prompt: str) -> str:
-    """The released prompt template ``"{tags}, {prompt}," + added_prompt``; without a tagger the tags are left out."""
-    head = f"{tags}, {prompt}," if tags is not None else f"{prompt},"
-    return head + added_prompt
+    """The released prompt template ``"{tags}, {prompt}," + added_prompt``; without a tagger the tags are left out
+    (and so is the comma before ``added_prompt`` when there is no prompt either)."""
+    if tags is not None:
+        return f"{tags}, {prompt}," + added_prompt
+    return f"{prompt}," + added_prompt if prompt else added_prompt
 
 
 def save_base_components(
@@ -189,38 +195,30 @@ class AddSRPipeline:
         )
         return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
 
-    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor | None:
-        """Tagger embeddings for the image cross-attention, or None for a model without it."""
+    def image_embeddings(self, images: torch.Tensor, mode: Literal["bilinear", "bicubic"]) -> torch.Tensor | None:
+        """Tagger embeddings of whole images resized to its input size (``mode``: bilinear for the LR, bicubic for
+        PSR estimates, as released), or None for a model without image cross-attention."""
         if self.tagger is None:
             return None
-        return self.tagger.embeddings(images.to(self.device, self.dtype)).to(self.dtype)
+        resized = tagger_input(images, self.tagger.input_size, mode)
+        return self.tagger.embeddings(resized.to(self.device, self.dtype)).to(self.dtype)
 
-    def encode_image(self, images: torch.Tensor, generator: Generator) -> torch.Tensor:
-        """Scaled VAE latent of ``[0, 1]`` images, sampled from the posterior."""
-        vae_input = (images * 2 - 1).to(self.vae.dtype)
-        latents = self.vae.encode(vae_input).latent_dist.sample(generator)
-        return latents.to(self.dtype) * self.vae.config.scaling_factor
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images in ``[0, 1]`` from scaled latents."""
-        decoded = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
-        return (decoded.float().clamp(-1, 1) + 1) / 2
-
-    def predict_noise(
-        self, latents: torch.Tensor, timestep: int, text: torch.Tensor, condition: torch.Tensor,
-        image_embeds: torch.Tensor | None, conditioning_scale: float,
-    ) -> torch.Tensor:
-        """Epsilon from the ControlNet-guided U-Net at one timestep."""
-        image_kwargs = {"image_encoder_hidden_states": image_embeds} if image_embeds is not None else {}
-        control = self.controlnet(
-            latents, timestep, encoder_hidden_states=text, controlnet_cond=condition.to(self.dtype),
-            conditioning_scale=conditioning_scale, return_dict=False, **image_kwargs,
-        )
-        down_residuals, mid_residual = control[0], control[1]
-        return self.unet(
-            latents, timestep, encoder_hidden_states=text, down_block_additional_residuals=down_residuals,
-            mid_block_additional_residual=mid_residual, return_dict=False, **image_kwargs,
-        )[0]
+    def tile_layout(
+        self, lr_size: tuple[int, int], latent_size: tuple[int, int], tile: int | Literal["auto"],
+        overlap: int | None = None, batch: int = 1,
+    ) -> TileLayout:
+        """The latent tiles for ``tile`` and ``overlap`` in LR input pixels (``"auto"``: :func:`auto_tile_size`;
+        0: untiled; overlap ``None``: a quarter of the tile), each side a multiple of the U-Net's downsampling
+        factor."""
+        if tile == 0:
+            return TileLayout.whole(*latent_size)
+        latent_per_lr = latent_size[1] / lr_size[1]
+        if tile == "auto":
+            tile = auto_tile_size(self, latent_per_lr, batch)
+        step = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        side = max(step, round(tile * latent_per_lr) // step * step)
+        overlap = side // 4 if overlap is None else min(round(overlap * latent_per_lr), (side - 1) // 2)
+        return TileLayout(*latent_size, side, overlap)
 
     # -- the algorithm --------------------------------------------------------------------------------
 
@@ -241,14 +239,20 @@ class AddSRPipeline:
         upscale: int = 4,
         process_size: int = 512,
         conditioning_scale: float = 1.0,
+        tile: int | Literal["auto"] = "auto",
+        tile_overlap: int | None = None,
         generator: Generator = None,
         output_type: Literal["pil", "np", "pt"] = "pil",
     ) -> AddSRPipelineOutput:
         """Restore one LR image or a batch of same-sized LR images at ``upscale`` times their size.
 
-        ``color_fix`` and ``wavelet_levels`` left at ``None`` take the model's own (``default_color_fix``)."""
+        ``color_fix`` and ``wavelet_levels`` left at ``None`` take the model's own (``default_color_fix``).
+        ``tile`` is the side of the tiles in LR input pixels (``"auto"``: chosen for the device, 0: untiled) and
+        ``tile_overlap`` their overlap, also in LR pixels (``None``: a quarter of the tile); with one tile the
+        output is exactly the untiled one."""
         timesteps = list(timesteps) if timesteps is not None else student_timesteps(num_steps)
-        _check_arguments(timesteps, psr_weight, start_point, output_type, self.schedule.num_train_timesteps)
+        _check_arguments(timesteps, psr_weight, start_point, output_type, self.schedule.num_train_timesteps,
+                         tile, tile_overlap)
         final_color_fix = self.default_color_fix.replace(color_fix, wavelet_levels)
         lr = images_to_tensor(image).to(self.device)
         batch, _, lr_height, lr_width = lr.shape
@@ -256,65 +260,99 @@ class AddSRPipeline:
         if len(prompts) != batch:
             raise ValueError(f"Got {len(prompts)} prompts for {batch} images")
 
-        # Condition c1: the LR image upscaled (SPEC 2.1). Tags and first embeddings: the original LR (2.2, 2.3).
+        # Condition c1: the LR image upscaled (SPEC 2.1). Tags and first embeddings: the whole original LR (2.2, 2.3).
         condition_lr = resize_images(lr, condition_size(lr_height, lr_width, upscale, process_size)).clamp(0, 1)
-        tagger_input = self._tagger_resize(lr, "bilinear")
-        tags = self.tagger.tags(tagger_input.to(self.dtype)) if self.tagger is not None else [None] * batch
+        if self.tagger is not None:
+            tags = self.tagger.tags(tagger_input(lr, self.tagger.input_size, "bilinear").to(self.dtype))
+        else:
+            tags = [None] * batch
         prompts = [build_prompt(tag, text, added_prompt) for tag, text in zip(tags, prompts)]
-        image_embeds = self.image_embeddings(tagger_input)
-        use_cfg = guidance_scale > 1.0
+        image_embeds = self.image_embeddings(lr, "bilinear")
         text = self.encode_prompts(prompts)
-        if use_cfg:
-            text = torch.cat([self.encode_prompts([negative_prompt] * batch), text])
+        negative_text = self.encode_prompts([negative_prompt] * batch) if guidance_scale > 1.0 else None
+
+        factor = latent_factor(self.vae)
+        latent_size = (condition_lr.shape[-2] // factor, condition_lr.shape[-1] // factor)
+        layout = self.tile_layout((lr_height, lr_width), latent_size, tile, tile_overlap, batch)
+        if not layout.is_single:
+            logger.info("tiling a %dx%d latent into %d x %d tiles of %d latent pixels, overlap %d",
+                        *latent_size, *layout.grid, layout.tile, layout.overlap)
+        vae = TiledVAE(self.vae, layout)
+        progress = tqdm(total=len(timesteps) * len(layout.boxes), desc="AddSR", unit="tile",
+                        disable=not self.progress_bar)
+        denoise = TiledDenoiser(
+            partial(self._guided_noise, text=text, negative_text=negative_text, guidance_scale=guidance_scale,
+                    conditioning_scale=conditioning_scale),
+            layout, factor, progress=progress.update,
+        )
 
         # Start point (2.4). Random draws, in order: start noise, VAE posterior sample, one re-noise per later step.
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        latent_shape = (batch, self.unet.config.in_channels, *(s // factor for s in condition_lr.shape[-2:]))
-        latents = randn_tensor(latent_shape, generator=generator, device=self.device, dtype=self.dtype)
+        def draw_noise() -> torch.Tensor:
+            shape = (batch, self.unet.config.in_channels, *latent_size)
+            return randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+
+        latents = draw_noise()
         if start_point == "lr":
-            lr_latents = self.encode_image(condition_lr, generator)
+            lr_latents = vae.encode(condition_lr, generator).to(self.dtype)
             latents = self.schedule.add_noise(lr_latents, latents, timesteps[0])
+        predicted_latents = sample_psr(
+            denoise, vae.decode, partial(self.image_embeddings, mode="bicubic"), self.schedule, latents,
+            condition_lr, image_embeds, timesteps, psr_weight, draw_noise,
+        )
+        progress.close()
 
-        condition = condition_lr
-        for index, timestep in enumerate(tqdm(timesteps, desc="AddSR steps", disable=not self.progress_bar)):
-            if index > 0:
-                # PSR (2.6): condition on the previous estimate blended with the LR, re-embed it.
-                if psr_weight != 0:
-                    estimate = self.decode_latents(predicted_latents)
-                    condition = psr_weight * estimate + (1 - psr_weight) * condition_lr
-                image_embeds = self.image_embeddings(self._tagger_resize(condition, "bicubic"))
-            noise = self._guided_noise(latents, timestep, text, condition, image_embeds, use_cfg, guidance_scale,
-                                       conditioning_scale)
-            predicted_latents = self.schedule.predict_x0(latents, noise, timestep)
-            if index + 1 < len(timesteps):
-                fresh_noise = randn_tensor(latents.shape, generator=generator, device=self.device, dtype=self.dtype)
-                latents = self.schedule.add_noise(predicted_latents, fresh_noise, timesteps[index + 1])
-
-        restored = self.decode_latents(predicted_latents)
+        restored = vae.decode(predicted_latents)
         restored = final_color_fix(restored, condition_lr.float())
         restored = resize_images(restored, (lr_height * upscale, lr_width * upscale)).clamp(0, 1)
         return AddSRPipelineOutput(images=_format(restored, output_type), prompts=prompts)
 
     def _guided_noise(
-        self, latents: torch.Tensor, timestep: int, text: torch.Tensor, condition: torch.Tensor,
-        image_embeds: torch.Tensor | None, use_cfg: bool, guidance_scale: float, conditioning_scale: float,
+        self, latents: torch.Tensor, timestep: int, condition: torch.Tensor, image_embeds: torch.Tensor | None, *,
+        text: torch.Tensor, negative_text: torch.Tensor | None, guidance_scale: float, conditioning_scale: float,
     ) -> torch.Tensor:
-        """Epsilon, with classifier-free guidance when ``use_cfg`` (both halves get the image embeddings)."""
-        if not use_cfg:
-            return self.predict_noise(latents, timestep, text, condition, image_embeds, conditioning_scale)
+        """Epsilon for ``latents`` (the batch's images, or several tiles of them one after another), with
+        classifier-free guidance when ``negative_text`` is given (both halves get the image embeddings)."""
+        repeats = latents.shape[0] // text.shape[0]
+        text = text.repeat(repeats, 1, 1)
+        image_embeds = image_embeds.repeat(repeats, 1, 1) if image_embeds is not None else None
+        if negative_text is None:
+            return predict_noise(self.unet, self.controlnet, latents, timestep, text, condition, image_embeds,
+                                 conditioning_scale)
+        text = torch.cat([negative_text.repeat(repeats, 1, 1), text])
         doubled_embeds = torch.cat([image_embeds] * 2) if image_embeds is not None else None
-        noise = self.predict_noise(torch.cat([latents] * 2), timestep, text, torch.cat([condition] * 2),
-                                   doubled_embeds, conditioning_scale)
+        noise = predict_noise(self.unet, self.controlnet, torch.cat([latents] * 2), timestep, text,
+                              torch.cat([condition] * 2), doubled_embeds, conditioning_scale)
         unconditional, conditional = noise.chunk(2)
         return unconditional + guidance_scale * (conditional - unconditional)
 
-    def _tagger_resize(self, images: torch.Tensor, mode: Literal["bilinear", "bicubic"]) -> torch.Tensor:
-        """To the tagger's input size as the released code does: bilinear for the LR (torchvision 0.15's tensor
-        ``Resize``, no antialiasing), bicubic for PSR estimates (``F.interpolate``)."""
-        if self.tagger is None:
-            return images
-        size = (self.tagger.input_size, self.tagger.input_size)
-        return torch.nn.functional.interpolate(images.float(), size=size, mode=mode, align_corners=False)
+
+def sample_psr(
+    denoise: Denoise,
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    embed: Callable[[torch.Tensor], torch.Tensor | None],
+    schedule: NoiseSchedule,
+    latents: torch.Tensor,
+    condition_lr: torch.Tensor,
+    image_embeds: torch.Tensor | None,
+    timesteps: list[int],
+    psr_weight: float,
+    draw_noise: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """AddSR's few-step sampler with Prediction-based Self-Refinement (SPEC 2.5, 2.6); returns the last z0.
+
+    ``denoise(latents, t, condition, image_embeds)`` predicts epsilon, ``decode`` maps latents to ``[0, 1]`` images
+    and ``embed`` gives the image embeddings of a condition; tiling wraps them, not this loop."""
+    condition = condition_lr
+    for index, timestep in enumerate(timesteps):
+        if index > 0:
+            # PSR: condition on the previous estimate blended with the LR, re-embed it.
+            if psr_weight != 0:
+                condition = psr_weight * decode(predicted) + (1 - psr_weight) * condition_lr
+            image_embeds = embed(condition)
+        predicted = schedule.predict_x0(latents, denoise(latents, timestep, condition, image_embeds), timestep)
+        if index + 1 < len(timesteps):
+            latents = schedule.add_noise(predicted, draw_noise(), timesteps[index + 1])
+    return predicted
 
 
 def _move(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -326,7 +364,8 @@ def _move(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> N
 
 
 def _check_arguments(
-    timesteps: list[int], psr_weight: float, start_point: str, output_type: str, num_train_timesteps: int
+    timesteps: list[int], psr_weight: float, start_point: str, output_type: str, num_train_timesteps: int,
+    tile: int | str, tile_overlap: int | None,
 ) -> None:
     if not timesteps or any(not 0 <= t < num_train_timesteps for t in timesteps):
         raise ValueError(f"timesteps must be a non-empty list in [0, {num_train_timesteps}), got {timesteps}")
@@ -338,6 +377,10 @@ def _check_arguments(
         raise ValueError(f"start_point must be 'lr' or 'noise', got {start_point!r}")
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+    if tile != "auto" and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 0):
+        raise ValueError(f"tile must be 'auto', 0 (untiled) or a side in LR pixels, got {tile!r}")
+    if tile_overlap is not None and (tile_overlap < 0 or (tile != "auto" and tile and tile_overlap >= tile / 2)):
+        raise ValueError(f"tile_overlap must be at least 0 and under half the tile ({tile}), got {tile_overlap}")
 
 
 def _format(images: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:

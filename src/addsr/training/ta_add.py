@@ -29,7 +29,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..diffusion import STUDENT_TIMESTEPS, NoiseSchedule
 from ..tagging import Tagger
-from .denoiser import check_pair, decode_latents, encode_images, predict_noise, tagger_embeddings
+from ..denoiser import check_pair, decode_latents, encode_images, predict_noise, tagger_embeddings
 from .discriminator import ProjectedDiscriminator
 from .offload import on_device
 from ..draws import randint, uniform

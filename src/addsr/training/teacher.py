@@ -24,7 +24,7 @@ from ..tagging import Tagger
 from .components import WHOLE_MODELS, load_teacher_training_models, select_trainable
 from .config import TeacherTrainingConfig
 from .data import TrainingBatch
-from .denoiser import check_pair, encode_images, predict_noise, tagger_embeddings
+from ..denoiser import check_pair, encode_images, predict_noise, tagger_embeddings
 from ..draws import randint
 from .runner import TrainingRun
 
