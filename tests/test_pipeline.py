@@ -176,6 +176,7 @@ def test_accepts_pil_and_uint8_arrays(tiny_pipe):
 def test_prompt_template():
     assert build_prompt("dog, grass", "", "clean") == "dog, grass, ,clean"
     assert build_prompt(None, "a cat", "clean") == "a cat,clean"
+    assert build_prompt(None, "", "clean") == "clean"  # no tags, no prompt: no stray comma
 
 
 def test_image_attention_without_tagger_is_refused(tiny_pipe):
