@@ -26,7 +26,9 @@ from tqdm.auto import tqdm
 from ..degradations import paper_degradation
 from ..degradations.folder import image_seed
 from ..devices import resolve_device
-from ..io import find_images, load_image, pil_to_tensor, save_image, save_text, tensor_to_pil, tensor_to_uint8
+from ..io import (
+    NoImagesError, find_images, load_image, read_image, save_image, save_text, tensor_to_pil, tensor_to_uint8,
+)
 from ..metrics import MetricSettings, MetricSuite, is_full_reference
 from .config import SYNTHETIC, DatasetSpec, EvalConfig
 from .layout import OutputLayout
@@ -66,7 +68,7 @@ def _sources(dataset: DatasetSpec) -> list[Path]:
         raise ValueError(f"Dataset {dataset.name!r}: {dataset.path} does not exist or is not a folder")
     sources = find_images([dataset.path])
     if not sources:
-        raise ValueError(f"Dataset {dataset.name!r}: no PNG, JPEG or WebP images in {dataset.path}")
+        raise ValueError(f"Dataset {dataset.name!r}: {NoImagesError([dataset.path])}")
     stems = [path.stem for path in sources]
     duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
     if duplicates:
@@ -77,7 +79,7 @@ def _sources(dataset: DatasetSpec) -> list[Path]:
 
 def _load_cropped(source: Path, crop_size: int, multiple: int) -> torch.Tensor:
     try:
-        return center_crop(pil_to_tensor(load_image(source)), crop_size, multiple)
+        return center_crop(read_image(source).color(), crop_size, multiple)
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
 
@@ -201,7 +203,7 @@ class _Runner:
         return record
 
     def run(self, sample: Sample, method: SuperResolutionMethod) -> dict[str, Any]:
-        lr = pil_to_tensor(load_image(sample.lr))
+        lr = read_image(sample.lr).color()
         seed = image_seed(self.config.seed, f"sr/{sample.dataset}/{sample.degradation}/{sample.image}")
         with self.meter.measure() as measurement:
             sr = method.upscale(lr, seed)
