@@ -55,7 +55,11 @@ def write_good_images(folder: Path) -> dict[str, Good]:
     Image.fromarray(np.concatenate([rgb, half_transparent], axis=-1)).save(folder / "rgba.png")
     Image.fromarray(np.concatenate([rgb, half_transparent], axis=-1)).save(folder / "rgba.webp", lossless=True)
     Image.fromarray(np.concatenate([rgb[..., :1], half_transparent], axis=-1)).save(folder / "gray-alpha.png")
-    palette = Image.fromarray(rgb).quantize(8)
+    quantized = Image.fromarray(rgb).quantize(7)
+    indexes = np.asarray(quantized) + 1
+    indexes[:, :6] = 0  # palette entry 0 is transparent
+    palette = Image.frombytes("P", (12, 10), indexes.astype(np.uint8).tobytes())
+    palette.putpalette([0, 0, 0, *quantized.getpalette()[:21]])
     palette.save(folder / "palette.png", transparency=0)
     Image.fromarray(rgb[..., 0]).save(folder / "gray8.png")
     Image.fromarray(rng.integers(0, 65536, (10, 12), dtype=np.uint16)).save(folder / "gray16.png")
