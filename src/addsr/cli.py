@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -11,6 +12,7 @@ from typer.core import TyperGroup
 from .io import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
+    from .pipeline import AddSRPipeline
     from .upscale import BatchPlan, UpscaleReport, UpscaleSettings
 
 
@@ -133,6 +135,7 @@ def upscale(
     Under `accelerate launch -m addsr upscale ...` the files are shared out between the processes."""
     from .colorfix import COLOR_FIXES
     from .devices import resolve_device, resolve_dtype
+    from .pipeline import AddSRPipeline
     from .upscale import BatchSettings, UpscaleSettings, plan_batch
 
     if color_fix is not None and color_fix not in COLOR_FIXES:
@@ -149,9 +152,11 @@ def upscale(
         _fail(str(error), cause=error)
     _check_out_dir(out_dir)
     plan = plan_batch(inputs, out_dir, batch)
-    load = dict(base_model_dir=base_model, dtype=dtype, ram=ram, dape=dape, ram_tag_list=ram_tag_list,
-                ram_tag_thresholds=ram_tag_thresholds)
-    report, main_process = _upscale_shared(plan, settings, model, device, load)
+    load_pipeline = functools.partial(
+        AddSRPipeline.from_pretrained, model, base_model_dir=base_model, dtype=dtype, ram=ram, dape=dape,
+        ram_tag_list=ram_tag_list, ram_tag_thresholds=ram_tag_thresholds,
+    )
+    report, main_process = _upscale_shared(plan, settings, device, load_pipeline)
     if main_process:
         for path, reason in report.failed:
             typer.echo(f"error: {path}: {reason}", err=True)
@@ -170,7 +175,7 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _upscale_shared(
-    plan: BatchPlan, settings: UpscaleSettings, model: Path | None, device: str, load: dict
+    plan: BatchPlan, settings: UpscaleSettings, device: str, load_pipeline: Callable[..., AddSRPipeline]
 ) -> tuple[UpscaleReport, bool]:
     """Run the plan's jobs, shared out between the processes of an ``accelerate launch`` (one process otherwise);
     return the whole batch's report, and whether this is the main process."""
@@ -178,7 +183,6 @@ def _upscale_shared(
     from accelerate.utils import gather_object
 
     from .devices import resolve_device
-    from .pipeline import AddSRPipeline
     from .upscale import UpscaleReport, upscale_batch
 
     state = PartialState(cpu=resolve_device(device).type == "cpu")  # CPU processes talk through gloo
@@ -187,7 +191,7 @@ def _upscale_shared(
     share = UpscaleReport()
     if plan.jobs:
         try:
-            pipe = AddSRPipeline.from_pretrained(model, device=device, **load)
+            pipe = load_pipeline(device=device)
         except (FileNotFoundError, ValueError, OSError) as error:
             _fail(f"cannot load the model: {error}", cause=error)
         with state.split_between_processes(plan.jobs) as jobs:

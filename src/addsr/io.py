@@ -50,7 +50,7 @@ class NoImagesError(ValueError):
 
 def find_images(inputs: Iterable[str | Path], recursive: bool = False) -> list[Path]:
     """Expand files and folders into a list of image files: each folder's files with a suffix of
-    :data:`IMAGE_SUFFIXES`, sorted, in its subfolders too when ``recursive``; hidden files are left out.
+    :data:`IMAGE_SUFFIXES`, sorted, in its subfolders too when ``recursive``; hidden files and folders are left out.
 
     Files named directly are kept whatever their suffix, so that a bad one is reported rather than skipped.
     """
@@ -60,7 +60,8 @@ def find_images(inputs: Iterable[str | Path], recursive: bool = False) -> list[P
             candidates = item.rglob("*") if recursive else item.iterdir()
             found.extend(sorted(
                 path for path in candidates
-                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in path.relative_to(item).parts)
             ))
         else:
             found.append(item)

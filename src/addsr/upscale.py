@@ -201,6 +201,9 @@ def upscale_batch(
         except ImageFileError as error:
             report.failed.append((source, error.reason))
             continue
+        except OSError as error:  # the output could not be written (permissions, a full disk)
+            report.failed.append((source, f"cannot write {target}: {error.strerror or error}"))
+            continue
         report.written.append(result.target)
         report.warnings.extend((source, warning) for warning in result.warnings)
     return report
