@@ -277,13 +277,13 @@ def test_two_processes_share_a_batch_and_write_what_one_would(model_dir, tmp_pat
     for index in range(3):
         Image.new("RGB", (10 + index, 9), (40 * index, 100, 200 - 30 * index)).save(inputs / f"{index}.png")
     (inputs / "broken.png").write_text("not an image")
-    options = ["-o", "OUT", "--model", str(model_dir), "--steps", "1", "--seed", "5", "--device", "auto"]
-    single = runner.invoke(app, ["upscale", str(inputs), *[str(tmp_path / "one") if o == "OUT" else o for o in options]])
+    options = ["--model", str(model_dir), "--steps", "1", "--seed", "5", "--device", "auto"]
+    single = runner.invoke(app, ["upscale", str(inputs), "-o", str(tmp_path / "one"), *options])
     assert single.exit_code == 1, single.output
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()), "-m", "addsr", "upscale", str(inputs),
-               *[str(tmp_path / "two") if o == "OUT" else o for o in options]]
+               "-o", str(tmp_path / "two"), *options]
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0

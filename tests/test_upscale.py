@@ -47,14 +47,16 @@ def test_plan_names_outputs_and_finds_collisions_and_existing_files(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "b_x4.tif").write_bytes(b"done before")
-    plan = plan_batch([tmp_path, tmp_path / "c.gif", tmp_path / "gone.png"], out, BatchSettings(ext="same", suffix="_x4"))
+    inputs = [tmp_path, tmp_path / "c.gif", tmp_path / "gone.png"]
+    plan = plan_batch(inputs, out, BatchSettings(ext="same", suffix="_x4"))
     assert plan.jobs == [(tmp_path / "a.jpg", out / "a_x4.jpg"), (tmp_path / "a.png", out / "a_x4.png"),
                          (tmp_path / "c.gif", out / "c_x4.png")]
     assert plan.report.skipped == [out / "b_x4.tif"]
     assert plan.report.failed == [(tmp_path / "gone.png", "no such file")]
     same_name = plan_batch([tmp_path], out, BatchSettings(overwrite=True))
     assert [source.name for source, _ in same_name.jobs] == ["a.jpg", "b.tif"]
-    assert same_name.report.failed == [(tmp_path / "a.png", f"same output name as {tmp_path / 'a.jpg'}; rename one of them")]
+    collision = f"same output name as {tmp_path / 'a.jpg'}; rename one of them"
+    assert same_name.report.failed == [(tmp_path / "a.png", collision)]
     assert output_name(tmp_path / "x.JPEG", BatchSettings(ext="same")) == "x.jpeg"
 
 

@@ -350,9 +350,9 @@ def _write_png_16(pixels: np.ndarray, path: Path, image: ImageData) -> None:
 
     height, width, channels = pixels.shape
     resolution = {}
-    if image.dpi:
-        resolution = dict(x_pixels_per_unit=round(image.dpi[0] / 0.0254), y_pixels_per_unit=round(image.dpi[1] / 0.0254),
-                          unit_is_meter=True)
+    if image.dpi:  # pixels per metre
+        x, y = (round(dpi / 0.0254) for dpi in image.dpi)
+        resolution = dict(x_pixels_per_unit=x, y_pixels_per_unit=y, unit_is_meter=True)
     writer = png.Writer(width, height, greyscale=channels < 3, alpha=channels in (2, 4), bitdepth=16, **resolution)
     encoded = io.BytesIO()
     writer.write(encoded, pixels.reshape(height, width * channels))
