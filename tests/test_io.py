@@ -7,7 +7,7 @@ import pytest
 import tifffile
 import torch
 from image_cases import SRGB_PROFILE, UPRIGHT_TO_STORED, quadrants, write_bad_images, write_good_images
-from PIL import Image
+from PIL import ExifTags, Image
 
 from addsr.io import (
     ImageData, ImageFileError, ImageReadError, find_images, images_to_tensor, load_image, pil_to_tensor, read_image,
@@ -228,3 +228,30 @@ def test_float_images_outside_zero_one_are_refused():
         images_to_tensor(torch.linspace(-0.5, 0.5, 12).reshape(3, 2, 2))
     array = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
     assert torch.equal(images_to_tensor(array), images_to_tensor(array.astype(np.float32) / 255))
+
+
+def test_sixteen_bit_colour_with_alpha_and_orientation(tmp_path):
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 65536, (5, 7, 4), dtype=np.uint16)
+    for suffix in (".png", ".tif"):
+        assert np.array_equal(read_image(write_image(ImageData(rgba), tmp_path / f"rgba{suffix}")).pixels, rgba)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright = read_image(write_image(ImageData(rgba[..., :3], exif=exif.tobytes()), tmp_path / "turned.png"))
+    assert np.array_equal(upright.pixels, np.rot90(rgba[..., :3], -1)) and upright.exif is None
+    gray_alpha = write_image(ImageData(rgba[..., :2]), tmp_path / "gray-alpha.tif")  # valid, but not for Pillow
+    assert np.array_equal(tifffile.imread(gray_alpha), rgba[..., :2])
+    with pytest.raises(ImageReadError, match="a TIFF layout Pillow cannot open"):
+        read_image(gray_alpha)
+
+
+def test_exif_keeps_what_still_holds(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 8, "addsr-test"
+    details = exif.get_ifd(ExifTags.IFD.Exif)
+    details[ExifTags.Base.ExifImageWidth], details[ExifTags.Base.FNumber] = 12, 2.8
+    Image.new("RGB", (12, 10)).save(tmp_path / "a.jpg", exif=exif)
+    kept = Image.Exif()
+    kept.load(read_image(tmp_path / "a.jpg").exif)
+    assert dict(kept.items()).keys() == {0x010F, ExifTags.IFD.Exif}
+    assert kept.get_ifd(ExifTags.IFD.Exif) == {ExifTags.Base.FNumber: 2.8}

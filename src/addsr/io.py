@@ -192,7 +192,11 @@ def _open(path: Path, max_pixels: int | None) -> Image.Image:
         try:
             image = Image.open(path)
         except UnidentifiedImageError:
-            raise ImageReadError(path, f"not an image ({IMAGE_FORMATS} expected)") from None
+            with path.open("rb") as file:
+                tiff = file.read(4) in (b"II*\0", b"MM\0*")
+            reason = "a TIFF layout Pillow cannot open (such as 16-bit grey with alpha); save it as PNG" if tiff \
+                else f"not an image ({IMAGE_FORMATS} expected)"
+            raise ImageReadError(path, reason) from None
         except _DECODE_ERRORS as error:
             raise ImageReadError(path, f"damaged or truncated image ({error})") from None
         finally:
@@ -285,10 +289,11 @@ def _kept_exif(block: bytes | None) -> bytes | None:
     exif = Image.Exif()
     exif.load(block)
     exif.pop(ExifTags.Base.Orientation, None)
-    exif_ifd = exif.get_ifd(ExifTags.IFD.Exif)
-    for tag in (ExifTags.Base.ExifImageWidth, ExifTags.Base.ExifImageHeight):
-        exif_ifd.pop(tag, None)
-    return exif.tobytes()
+    if ExifTags.IFD.Exif in exif:
+        exif_ifd = exif.get_ifd(ExifTags.IFD.Exif)
+        for tag in (ExifTags.Base.ExifImageWidth, ExifTags.Base.ExifImageHeight):
+            exif_ifd.pop(tag, None)
+    return exif.tobytes() if len(exif) else None
 
 
 def _dpi(image: Image.Image) -> tuple[float, float] | None:
