@@ -255,3 +255,9 @@ def test_exif_keeps_what_still_holds(tmp_path):
     kept.load(read_image(tmp_path / "a.jpg").exif)
     assert dict(kept.items()).keys() == {0x010F, ExifTags.IFD.Exif}
     assert kept.get_ifd(ExifTags.IFD.Exif) == {ExifTags.Base.FNumber: 2.8}
+
+
+def test_32_bit_pixels_are_refused(tmp_path):
+    Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ImageReadError, match="has F pixels, which are not supported"):
+        read_image(tmp_path / "float.tif")

@@ -219,8 +219,8 @@ def _bands(path: Path, image: Image.Image) -> tuple[list[Image.Image], bytes | N
         pixels = _read_png_16(path) if image.format == "PNG" else _read_tiff_16(path)
         return [Image.fromarray(np.ascontiguousarray(pixels[..., c])) for c in range(pixels.shape[-1])], icc_profile
     if image.mode not in _READ_MODES:
-        raise ImageReadError(path, f"has {image.mode} pixels (e.g. 32 bits), which are not supported: save it with "
-                                   "8 or 16 bits per channel")
+        raise ImageReadError(path, f"has {image.mode} pixels, which are not supported: save it as 8- or 16-bit grey "
+                                   "or RGB")
     mode = _READ_MODES[image.mode]
     if "transparency" in image.info:
         mode = _WITH_TRANSPARENCY.get(mode, mode)
