@@ -261,3 +261,9 @@ def test_32_bit_pixels_are_refused(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(ImageReadError, match="has F pixels, which are not supported"):
         read_image(tmp_path / "float.tif")
+
+
+def test_cmyk_with_a_broken_profile_is_named(tmp_path):
+    Image.new("CMYK", (4, 4), (0, 50, 100, 0)).save(tmp_path / "cmyk.jpg", icc_profile=b"not a profile")
+    with pytest.raises(ImageReadError, match="has a CMYK colour profile that cannot be used"):
+        read_image(tmp_path / "cmyk.jpg")

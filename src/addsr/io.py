@@ -226,8 +226,11 @@ def _bands(path: Path, image: Image.Image) -> tuple[list[Image.Image], bytes | N
         mode = _WITH_TRANSPARENCY.get(mode, mode)
     if image.mode == "CMYK" and icc_profile is not None:
         srgb = ImageCms.createProfile("sRGB")
-        image = ImageCms.profileToProfile(image, ImageCms.ImageCmsProfile(io.BytesIO(icc_profile)), srgb,
-                                          outputMode="RGB")
+        try:
+            image = ImageCms.profileToProfile(image, ImageCms.ImageCmsProfile(io.BytesIO(icc_profile)), srgb,
+                                              outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError) as error:
+            raise ImageReadError(path, f"has a CMYK colour profile that cannot be used ({error})") from None
         icc_profile = ImageCms.ImageCmsProfile(srgb).tobytes()
     return list(image.convert(mode).split()), icc_profile
 
@@ -237,7 +240,7 @@ def _stores_16_bit_channels(image: Image.Image) -> bool:
     if image.mode.startswith("I;16"):
         return False
     if image.format == "PNG":
-        return bool(image.tile) and ";16" in str(image.tile[0].args)
+        return bool(image.tile) and ";16" in str(image.tile[0][3])  # the raw mode, e.g. RGB;16B
     if image.format == "TIFF":
         bits = image.tag_v2.get(258, 8)  # BitsPerSample
         return max(bits if isinstance(bits, tuple) else (bits,)) == 16
