@@ -2,12 +2,63 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(help="AddSR: fast diffusion-based blind image super-resolution.", no_args_is_help=True)
+from .io import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from .pipeline import AddSRPipeline
+    from .upscale import BatchPlan, UpscaleReport, UpscaleSettings
+
+
+class CommandError(Exception):
+    """A command's one-line error, its exit status, and the exception behind it (raised instead with --debug)."""
+
+    def __init__(self, message: str, code: int, cause: Exception | None):
+        super().__init__(message)
+        self.code, self.cause = code, cause
+
+
+class CommandGroup(TyperGroup):
+    """Runs a command and prints an expected error (a bad input, a missing file, a wrong option) as one ``error:``
+    line with a non-zero exit status; ``--debug`` or ``ADDSR_DEBUG=1`` shows the traceback instead."""
+
+    def invoke(self, ctx: typer.Context):
+        debug = ctx.params.get("debug")
+        try:
+            return super().invoke(ctx)
+        except CommandError as error:
+            if debug and error.cause is not None:
+                raise error.cause
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(error.code) from None
+        except Exception as error:
+            if debug or not _expected(error):
+                raise
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+
+
+def _expected(error: Exception) -> bool:
+    """Errors that come from what the user gave, not from a defect of addsr."""
+    import torch
+
+    from .assemble import AssembleError
+    from .degradations import DegradeFolderError
+    from .metrics import MetricUnavailable
+
+    expected = (ValueError, OSError, ImportError, torch.OutOfMemoryError, AssembleError, DegradeFolderError,
+                MetricUnavailable)
+    return isinstance(error, expected)
+
+
+app = typer.Typer(help="AddSR: fast diffusion-based blind image super-resolution.", no_args_is_help=True,
+                  cls=CommandGroup)
 
 ModelOption = Annotated[
     Optional[Path],
@@ -19,7 +70,11 @@ BaseOption = Annotated[
 
 
 @app.callback()
-def main() -> None:
+def main(
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="ADDSR_DEBUG", help="Show the full traceback of errors.")
+    ] = False,
+) -> None:
     """AddSR: fast diffusion-based blind image super-resolution."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -29,15 +84,15 @@ def main() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+def _fail(message: str, code: int = 2, cause: Exception | None = None) -> NoReturn:
+    """End the command with one ``error:`` line and exit status ``code``; ``cause`` is the error behind it."""
+    raise CommandError(message, code, cause)
 
 
 @app.command()
 def upscale(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG, JPEG, WebP).")],
-    out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Folder for the upscaled PNGs.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG, JPEG, WebP, TIFF).")],
+    out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Folder for the upscaled images.")],
     model: ModelOption = None,
     base_model: BaseOption = None,
     steps: Annotated[int, typer.Option("--steps", min=1, max=4, help="Student steps (1 to 4).")] = 4,
@@ -59,31 +114,91 @@ def upscale(
     ram_tag_list: Annotated[Optional[Path], typer.Option(help="RAM's ram_tag_list.txt.")] = None,
     ram_tag_thresholds: Annotated[Optional[Path], typer.Option(help="RAM's ram_tag_list_threshold.txt.")] = None,
     save_prompt: Annotated[bool, typer.Option(help="Write the prompt used beside each output (.txt).")] = False,
+    alpha: Annotated[
+        str, typer.Option(help="How alpha is upscaled: bicubic, or model (as a grey image through the pipeline).")
+    ] = "bicubic",
+    ext: Annotated[str, typer.Option(help="Output format: png, jpg, webp, tif, or same as the input.")] = "png",
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG and WebP quality.")] = 95,
+    suffix: Annotated[str, typer.Option(help="Added to each output's name, e.g. _x4.")] = "",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace existing outputs; otherwise they are skipped, so a stopped batch resumes.")
+    ] = False,
+    recursive: Annotated[
+        bool, typer.Option(help="Search folders' subfolders too, keeping their tree under OUT_DIR.")
+    ] = False,
+    max_pixels: Annotated[
+        int, typer.Option(min=0, help="Refuse inputs with more pixels (decompression bombs); 0: no limit.")
+    ] = DEFAULT_MAX_PIXELS,
 ) -> None:
-    """Upscale images x4 into OUT_DIR."""
+    """Upscale images x4 into OUT_DIR, keeping alpha, 16 bits, grey, orientation and colour profile.
+
+    Under `accelerate launch -m addsr upscale ...` the files are shared out between the processes."""
     from .colorfix import COLOR_FIXES
+    from .devices import resolve_device, resolve_dtype
     from .pipeline import AddSRPipeline
-    from .upscale import UpscaleSettings, upscale_files
+    from .upscale import BatchSettings, UpscaleSettings, plan_batch
 
     if color_fix is not None and color_fix not in COLOR_FIXES:
         _fail(f"--color-fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
     try:
-        pipe = AddSRPipeline.from_pretrained(
-            model, base_model_dir=base_model, device=device, dtype=dtype, ram=ram, dape=dape,
-            ram_tag_list=ram_tag_list, ram_tag_thresholds=ram_tag_thresholds,
+        settings = UpscaleSettings(
+            num_steps=steps, psr_weight=psr_weight, prompt=prompt, color_fix=color_fix,
+            wavelet_levels=wavelet_levels, guidance_scale=guidance_scale, seed=seed, alpha=alpha,
+            max_pixels=max_pixels or None, quality=quality, save_prompt=save_prompt,
         )
-    except (FileNotFoundError, ValueError, OSError) as error:
-        _fail(f"cannot load the model: {error}")
-    settings = UpscaleSettings(
-        num_steps=steps, psr_weight=psr_weight, prompt=prompt, color_fix=color_fix,
-        wavelet_levels=wavelet_levels, guidance_scale=guidance_scale, seed=seed, save_prompt=save_prompt,
+        batch = BatchSettings(ext=ext, suffix=suffix, overwrite=overwrite, recursive=recursive)
+        resolve_dtype(dtype, resolve_device(device))
+    except ValueError as error:
+        _fail(str(error), cause=error)
+    _check_out_dir(out_dir)
+    plan = plan_batch(inputs, out_dir, batch)
+    load_pipeline = functools.partial(
+        AddSRPipeline.from_pretrained, model, base_model_dir=base_model, dtype=dtype, ram=ram, dape=dape,
+        ram_tag_list=ram_tag_list, ram_tag_thresholds=ram_tag_thresholds,
     )
-    report = upscale_files(pipe, inputs, out_dir, settings)
-    for path, reason in report.failed:
-        typer.echo(f"error: {path}: {reason}", err=True)
-    typer.echo(f"{len(report.written)} written to {out_dir}, {len(report.failed)} failed")
+    report, main_process = _upscale_shared(plan, settings, device, load_pipeline)
+    if main_process:
+        for path, reason in report.failed:
+            typer.echo(f"error: {path}: {reason}", err=True)
+        for path, message in report.warnings:
+            typer.echo(f"warning: {path}: {message}", err=True)
+        typer.echo(f"{len(report.written)} written to {out_dir}, {len(report.skipped)} skipped (already there), "
+                   f"{len(report.failed)} failed")
     if report.failed:
         raise typer.Exit(1)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    existing = next(path for path in (out_dir, *out_dir.parents) if path.exists())
+    if not existing.is_dir():
+        _fail(f"-o {out_dir}: {existing} is a file, not a folder; give a folder for the outputs")
+
+
+def _upscale_shared(
+    plan: BatchPlan, settings: UpscaleSettings, device: str, load_pipeline: Callable[..., AddSRPipeline]
+) -> tuple[UpscaleReport, bool]:
+    """Run the plan's jobs, shared out between the processes of an ``accelerate launch`` (one process otherwise);
+    return the whole batch's report, and whether this is the main process."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from .devices import resolve_device
+    from .upscale import UpscaleReport, upscale_batch
+
+    state = PartialState(cpu=resolve_device(device).type == "cpu")  # CPU processes talk through gloo
+    if state.num_processes > 1 and device == "auto":
+        device = state.device  # each process on its own GPU
+    share = UpscaleReport()
+    if plan.jobs:
+        try:
+            pipe = load_pipeline(device=device)
+        except (FileNotFoundError, ValueError, OSError) as error:
+            _fail(f"cannot load the model: {error}", cause=error)
+        with state.split_between_processes(plan.jobs) as jobs:
+            share = upscale_batch(pipe, jobs, settings, progress=state.is_local_main_process)
+    for process_share in gather_object([share]):
+        plan.report.extend(process_share)
+    return plan.report, state.is_main_process
 
 
 @app.command()
@@ -103,7 +218,7 @@ def assemble(
     try:
         folder = assemble_model(base, model, ram, dape, tag_list, tag_thresholds, out, overwrite=overwrite)
     except AssembleError as error:
-        _fail(str(error), code=1)
+        _fail(str(error), code=1, cause=error)
     typer.echo(f"model folder written: {folder}")
 
 
@@ -119,15 +234,17 @@ def degrade(
 ) -> None:
     """Write paired LR/HR data with a synthetic degradation."""
     from .degradations import DEGRADATION_KINDS, DegradeFolderError, degrade_folder
+    from .devices import resolve_device
 
     if kind not in DEGRADATION_KINDS:
         _fail(f"--kind must be one of {', '.join(DEGRADATION_KINDS)}, got {kind!r}")
     try:
-        written = degrade_folder(hr_dir, out_dir, kind=kind, crop=crop or None, seed=seed, scale=scale, device=device)
+        written = degrade_folder(hr_dir, out_dir, kind=kind, crop=crop or None, seed=seed, scale=scale,
+                                 device=resolve_device(device))
     except DegradeFolderError as error:
-        _fail(str(error), code=1)
+        _fail(str(error), code=1, cause=error)
     except (FileNotFoundError, NotADirectoryError, ValueError) as error:
-        _fail(str(error))
+        _fail(str(error), cause=error)
     typer.echo(f"{len(written)} LR/HR pairs written to {out_dir}")
 
 
@@ -182,7 +299,7 @@ def evaluate(
         )
         run = run_evaluation(settings)
     except (ValueError, FileNotFoundError, ImportError, MetricUnavailable) as error:
-        _fail(str(error))
+        _fail(str(error), cause=error)
     typer.echo(f"{run.computed} results computed, {run.skipped} already done; report in {run.out_dir}")
 
 
@@ -206,9 +323,20 @@ def _train(kind: str, config: Path, overrides: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = training.load_config(config, config_class, overrides)
-    except (training.ConfigError, FileNotFoundError) as error:
-        _fail(str(error))
+        _check_training_files(settings)
+    except (training.ConfigError, FileNotFoundError, ValueError) as error:
+        _fail(str(error), cause=error)
     typer.echo(f"last checkpoint: {run(settings)}")
+
+
+def _check_training_files(settings) -> None:
+    """The data and validation images a run reads, checked before anything is loaded or written."""
+    from .training.data import list_hr_images
+
+    list_hr_images(settings.data.hr)
+    missing = [path for path in settings.output.validation_images if not Path(path).exists()]
+    if missing:
+        raise FileNotFoundError(f"output.validation_images: {', '.join(missing)} not found")
 
 
 @train_app.command("vae")

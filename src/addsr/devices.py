@@ -19,7 +19,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but PyTorch sees no CUDA GPU; use --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..io import ImageReadError, find_images, load_image, pil_to_tensor, save_image, tensor_to_pil
+from ..io import ImageReadError, NoImagesError, find_images, read_image, save_image, tensor_to_pil
 from .config import RealESRGANDegradationConfig
 from .paper import PAPER_DEGRADATIONS, paper_degradation
 from .realesrgan import RealESRGANDegradation
@@ -58,7 +58,7 @@ def _check_arguments(hr_dir: Path, kind: str, crop: int | None, scale: int, conf
         raise ValueError(f"HR folder {hr_dir} does not exist or is not a folder")
     images = find_images([hr_dir])
     if not images:
-        raise ValueError(f"No PNG, JPEG or WebP images in {hr_dir}")
+        raise NoImagesError([hr_dir])
     stems = [path.stem for path in images]
     duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
     if duplicates:
@@ -93,7 +93,7 @@ def degrade_folder(
     failures: list[str] = []
     for path in tqdm(images, desc=f"degrade ({kind})", unit="image"):
         try:
-            hr = center_crop(pil_to_tensor(load_image(path)), crop, scale).to(device)
+            hr = center_crop(read_image(path).color(), crop, scale).to(device)
         except ImageReadError as error:
             failures.append(str(error))
             continue

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..degradations.folder import image_seed
 from ..devices import resolve_device
-from ..io import load_image, pil_to_tensor, save_image, save_text, tensor_to_uint8
+from ..io import load_image, read_image, save_image, save_text, tensor_to_uint8
 from ..metrics import MetricSettings, MetricSuite, is_full_reference
 from .config import EvalConfig
 from .layout import OutputLayout
@@ -109,7 +109,7 @@ class _Runner:
         return record
 
     def run(self, sample: Sample, method: SuperResolutionMethod) -> dict[str, Any]:
-        lr = pil_to_tensor(load_image(sample.lr))
+        lr = read_image(sample.lr).color()
         seed = image_seed(self.config.seed, f"sr/{sample.dataset}/{sample.degradation}/{sample.image}")
         with self.meter.measure() as measurement:
             sr = method.upscale(lr, seed)

@@ -16,7 +16,7 @@ import torch
 
 from ..degradations import paper_degradation
 from ..degradations.folder import image_seed
-from ..io import find_images, load_image, pil_to_tensor, save_image, tensor_to_pil
+from ..io import NoImagesError, find_images, read_image, save_image, tensor_to_pil
 from .config import SYNTHETIC, DatasetSpec, EvalConfig
 from .layout import OutputLayout
 
@@ -53,7 +53,7 @@ def _sources(dataset: DatasetSpec) -> list[Path]:
         raise ValueError(f"Dataset {dataset.name!r}: {dataset.path} does not exist or is not a folder")
     sources = find_images([dataset.path])
     if not sources:
-        raise ValueError(f"Dataset {dataset.name!r}: no PNG, JPEG or WebP images in {dataset.path}")
+        raise ValueError(f"Dataset {dataset.name!r}: {NoImagesError([dataset.path])}")
     stems = [path.stem for path in sources]
     duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
     if duplicates:
@@ -64,7 +64,7 @@ def _sources(dataset: DatasetSpec) -> list[Path]:
 
 def _load_cropped(source: Path, crop_size: int, multiple: int) -> torch.Tensor:
     try:
-        return center_crop(pil_to_tensor(load_image(source)), crop_size, multiple)
+        return center_crop(read_image(source).color(), crop_size, multiple)
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
 

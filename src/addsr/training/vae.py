@@ -276,8 +276,6 @@ def train_vae(config: VAETrainingConfig) -> Path:
     """Train the VAE as ``config`` says; return its folder ``output_dir/vae``."""
     optimization, output = config.optimization, config.output
     output_dir = Path(output.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), output_dir / "config.yaml")
     device = resolve_device(optimization.device)
     torch.manual_seed(optimization.seed)
     vae = config.model.build().to(device).train()
@@ -287,6 +285,7 @@ def train_vae(config: VAETrainingConfig) -> Path:
     schedule = learning_rate_schedule(optimizer, optimization)
     generator = torch.Generator(device).manual_seed(optimization.seed)
     batches = iter(_hr_batches(config))
+    save_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), output_dir / "config.yaml")  # the run starts
     started = time.perf_counter()
     interval: dict[str, list[float]] = {}
     folder = output_dir / "vae"
