@@ -87,6 +87,40 @@ def upscale(
 
 
 @app.command()
+def serve(
+    model: ModelOption = None,
+    base_model: BaseOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but 127.0.0.1 opens the page to others.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
+    share: Annotated[bool, typer.Option(help="Also publish a public gradio.live link.")] = False,
+    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest upload accepted, in MB.")] = 50.0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")] = "auto",
+) -> None:
+    """Serve a web page that upscales uploaded images x4 (needs Gradio: the 'web' extra)."""
+    from .pipeline import AddSRPipeline
+
+    try:
+        from . import serve as web
+    except ImportError as error:
+        _fail(f"the web page needs Gradio ({error}): pip install -c constraints.txt -e '.[web]'")
+    config = web.ServeConfig(host=host, port=port, share=share, max_upload_mb=max_upload_mb)
+    try:
+        pipe = AddSRPipeline.from_pretrained(model, base_model_dir=base_model, device=device, dtype=dtype)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        _fail(f"cannot load the model: {error}")
+    try:
+        with web.open_page(pipe, config) as page:
+            typer.echo(f"serving on {page.local_url} (model on {pipe.device}); Ctrl+C stops")
+            if page.share_url:
+                typer.echo(f"public link: {page.share_url}")
+            web.wait_until_stopped(page)
+    except OSError:
+        _fail(f"cannot listen on {host}:{port}: the port is in use, or {host} is not an address of this machine")
+
+
+@app.command()
 def assemble(
     base: Annotated[Path, typer.Option(help="Stable Diffusion 2 base folder (vae/, text_encoder/, ...).")],
     model: Annotated[Path, typer.Option(help="AddSR or SeeSR folder (unet/, controlnet/).")],
