@@ -196,7 +196,7 @@ def build_demo(pipe: AddSRPipeline, work_dir: Path) -> gr.Blocks:
             with gr.Column(scale=3):
                 comparison = gr.ImageSlider(label="Before (bicubic) / after", type="filepath", format="png",
                                             interactive=False, elem_id="comparison")
-                shown = gr.Dropdown([], label="Showing", type="index", interactive=True)
+                shown = gr.Dropdown([], label="Showing", type="index", interactive=True, visible=False)
                 prompt_used = gr.Textbox(label="Prompt used (RAM tags, your words, quality words)",
                                          interactive=False, elem_id="prompt-used")
                 table = gr.Dataframe(headers=["file", "result", "seconds", "seed"], label="Results",
@@ -230,7 +230,8 @@ def build_demo(pipe: AddSRPipeline, work_dir: Path) -> gr.Blocks:
                 yield {
                     run_state: run, table: run.rows, comparison: (str(result.before), str(result.after)),
                     prompt_used: result.prompt, downloads: [str(item.output) for item in run.results],
-                    shown: gr.Dropdown(choices=_choices(run.results), value=_choices(run.results)[-1]),
+                    shown: gr.Dropdown(choices=_choices(run.results), value=_choices(run.results)[-1],
+                                       visible=len(run.results) > 1),
                 }
             if not run.results:
                 raise gr.Error("Nothing was upscaled: " + "; ".join(f"{row[0]}: {row[1]}" for row in run.rows),
