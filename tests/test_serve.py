@@ -82,12 +82,13 @@ def page(tmp_path):
         yield demo, client
 
 
-def submit(client, path, **options):
+def submit(client, *paths, **options):
     arguments = dict(prompt="", num_steps=1, psr_weight=0.4, color_fix=serve.MODEL_COLOR_FIX, seed=7,
                      random_seed=False, tile=0, output_format="png", wavelet_levels=None, guidance_scale=0.0,
                      added_prompt=DEFAULT_ADDED_PROMPT, tile_overlap=64)
     arguments.update(options)
-    return client.submit(files=[gradio_client.handle_file(str(path))], api_name="/upscale", **arguments)
+    files = [gradio_client.handle_file(str(path)) for path in paths]
+    return client.submit(files=files, api_name="/upscale", **arguments)
 
 
 def test_two_visitors_are_served_one_after_the_other(page, tmp_path):
@@ -108,10 +109,10 @@ def test_two_visitors_are_served_one_after_the_other(page, tmp_path):
     assert CountingPipeline.most_at_once == 1
 
 
-def test_a_bad_upload_gives_a_readable_error_and_the_page_still_works(page, tmp_path):
+def test_a_bad_upload_gives_a_readable_error_and_the_page_goes_on(page, tmp_path):
     demo, client = page
     (tmp_path / "notes.png").write_text("not a picture")
-    with pytest.raises(gradio_client.exceptions.AppError, match="notes.png: not an image PIL can read"):
+    with pytest.raises(gradio_client.exceptions.AppError, match="Nothing was upscaled: notes.png: not an image"):
         submit(client, tmp_path / "notes.png").result(timeout=120)
 
     too_large = tmp_path / "large.png"
@@ -124,9 +125,11 @@ def test_a_bad_upload_gives_a_readable_error_and_the_page_still_works(page, tmp_
     assert refused.value.code == 413 and "File size exceeded maximum allowed size" in refused.value.read().decode()
 
     Image.new("RGB", (10, 6), (100, 50, 25)).save(tmp_path / "good.png")
-    table, _, prompt, downloads, _ = submit(client, tmp_path / "good.png").result(timeout=120)
+    table, _, _, downloads, _ = submit(client, tmp_path / "notes.png", tmp_path / "good.png").result(timeout=120)
+    (bad_name, bad_result, *_), good_row = table["data"]
+    assert bad_name == "notes.png" and "not an image" in bad_result and good_row[:2] == ["good.png", "40 x 24 png"]
     with Image.open(downloads[0]) as written:
-        assert written.size == (40, 24)
+        assert len(downloads) == 1 and written.size == (40, 24)
 
 
 def test_safe_defaults_and_clear_refusals(tmp_path):
@@ -242,6 +245,6 @@ def test_the_page_upscales_an_upload_in_a_browser(browser, served, tmp_path):
     with Image.open(tmp_path / "download.png") as download:
         assert list(download.size) == expected
     if SCREENSHOT:
-        height = browser.execute_script("return document.documentElement.scrollHeight")
-        browser.set_window_size(1400, height)
+        browser.set_window_size(1400, browser.execute_script("return document.body.scrollHeight") + 200)
+        browser.execute_script("window.scrollTo(0, 0)")
         browser.save_screenshot(SCREENSHOT)
