@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -109,11 +110,16 @@ def test_two_visitors_are_served_one_after_the_other(page, tmp_path):
     assert CountingPipeline.most_at_once == 1
 
 
-def test_a_bad_upload_gives_a_readable_error_and_the_page_goes_on(page, tmp_path):
+def test_a_bad_upload_gives_a_readable_error_and_the_page_goes_on(page, tmp_path, monkeypatch):
     demo, client = page
     (tmp_path / "notes.png").write_text("not a picture")
     with pytest.raises(gradio_client.exceptions.AppError, match="Nothing was upscaled: notes.png: not an image"):
         submit(client, tmp_path / "notes.png").result(timeout=120)
+    with monkeypatch.context() as limit:
+        limit.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # the server runs in this process
+        Image.new("RGB", (20, 12)).save(tmp_path / "huge.png")
+        with pytest.raises(gradio_client.exceptions.AppError, match="huge.png: over the pixel limit"):
+            submit(client, tmp_path / "huge.png").result(timeout=120)
 
     too_large = tmp_path / "large.png"
     too_large.write_bytes(b"\0" * 80_000)
@@ -124,12 +130,13 @@ def test_a_bad_upload_gives_a_readable_error_and_the_page_goes_on(page, tmp_path
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 413 and "File size exceeded maximum allowed size" in refused.value.read().decode()
 
-    Image.new("RGB", (10, 6), (100, 50, 25)).save(tmp_path / "good.png")
-    table, _, _, downloads, _ = submit(client, tmp_path / "notes.png", tmp_path / "good.png").result(timeout=120)
+    noise = np.random.default_rng(0).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "before.png")  # named like a comparison image, which must not replace it
+    table, (_, after), _, downloads, _ = submit(client, tmp_path / "notes.png", tmp_path / "before.png").result(120)
     (bad_name, bad_result, *_), good_row = table["data"]
-    assert bad_name == "notes.png" and "not an image" in bad_result and good_row[:2] == ["good.png", "40 x 24 png"]
-    with Image.open(downloads[0]) as written:
-        assert len(downloads) == 1 and written.size == (40, 24)
+    assert bad_name == "notes.png" and "not an image" in bad_result and good_row[:2] == ["before.png", "40 x 24 png"]
+    with Image.open(downloads[0]) as written, Image.open(after) as shown:
+        assert len(downloads) == 1 and np.array_equal(np.asarray(written), np.asarray(shown))
 
 
 def test_safe_defaults_and_clear_refusals(tmp_path):

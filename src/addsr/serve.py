@@ -133,8 +133,8 @@ class PageRun:
         """Upscale one upload and record its row; an :class:`UploadError` is recorded, then raised."""
         folder = self.folder / str(len(self.rows))
         started = time.perf_counter()
-        try:
-            output, prompt = upscale_upload(pipe, source, folder, settings, output_format)
+        try:  # the output keeps the upload's name, so it gets a folder of its own
+            output, prompt = upscale_upload(pipe, source, folder / "output", settings, output_format)
             before, after = comparison_images(source, output, folder)
         except UploadError as error:
             self.rows.append([source.name, str(error), None, self.seed])
