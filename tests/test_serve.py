@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from addsr import AddSRPipeline
@@ -120,6 +121,10 @@ def test_a_bad_upload_gives_a_readable_error_and_the_page_goes_on(page, tmp_path
         Image.new("RGB", (20, 12)).save(tmp_path / "huge.png")
         with pytest.raises(gradio_client.exceptions.AppError, match="huge.png: over the pixel limit"):
             submit(client, tmp_path / "huge.png").result(timeout=120)
+    with monkeypatch.context() as memory:
+        memory.setattr(AddSRPipeline, "__call__", _out_of_memory)
+        with pytest.raises(gradio_client.exceptions.AppError, match=r"huge.png: .*memory"):
+            submit(client, tmp_path / "huge.png").result(timeout=120)
 
     too_large = tmp_path / "large.png"
     too_large.write_bytes(b"\0" * 80_000)
@@ -152,6 +157,10 @@ def test_safe_defaults_and_clear_refusals(tmp_path):
         serve.ServeConfig(max_upload_mb=0)
     result = CliRunner().invoke(app, ["serve", "--model", str(tmp_path), "--port", str(free_port())])
     assert result.exit_code == 2 and "has no 'unet/' folder" in result.output
+
+
+def _out_of_memory(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory")
 
 
 BOUNDARY = "addsr-test-boundary"
