@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, Optional
 
@@ -107,6 +109,12 @@ def upscale(
     ] = None,
     guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance; off at <= 1.")] = 0.0,
     seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible results.")] = None,
+    tile: Annotated[
+        str, typer.Option(help="Tile side in input pixels: auto (chosen for the device), or 0 for no tiling.")
+    ] = "auto",
+    tile_overlap: Annotated[
+        Optional[int], typer.Option(min=0, help="Overlap of neighbouring tiles in input pixels; default: tile / 4.")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")] = "auto",
     ram: Annotated[Optional[Path], typer.Option(help="RAM checkpoint ram_swin_large_14m.pth.")] = None,
@@ -136,6 +144,7 @@ def upscale(
     from .colorfix import COLOR_FIXES
     from .devices import resolve_device, resolve_dtype
     from .pipeline import AddSRPipeline
+    from .tiling import parse_tile
     from .upscale import BatchSettings, UpscaleSettings, plan_batch
 
     if color_fix is not None and color_fix not in COLOR_FIXES:
@@ -143,8 +152,9 @@ def upscale(
     try:
         settings = UpscaleSettings(
             num_steps=steps, psr_weight=psr_weight, prompt=prompt, color_fix=color_fix,
-            wavelet_levels=wavelet_levels, guidance_scale=guidance_scale, seed=seed, alpha=alpha,
-            max_pixels=max_pixels or None, quality=quality, save_prompt=save_prompt,
+            wavelet_levels=wavelet_levels, guidance_scale=guidance_scale, seed=seed, tile=parse_tile(tile),
+            tile_overlap=tile_overlap, alpha=alpha, max_pixels=max_pixels or None, quality=quality,
+            save_prompt=save_prompt,
         )
         batch = BatchSettings(ext=ext, suffix=suffix, overwrite=overwrite, recursive=recursive)
         resolve_dtype(dtype, resolve_device(device))
@@ -194,11 +204,69 @@ def _upscale_shared(
             pipe = load_pipeline(device=device)
         except (FileNotFoundError, ValueError, OSError) as error:
             _fail(f"cannot load the model: {error}", cause=error)
-        with state.split_between_processes(plan.jobs) as jobs:
+        with state.split_between_processes(plan.jobs) as jobs, _log_to_console(state.is_local_main_process):
             share = upscale_batch(pipe, jobs, settings, progress=state.is_local_main_process)
     for process_share in gather_object([share]):
         plan.report.extend(process_share)
     return plan.report, state.is_main_process
+
+
+@contextlib.contextmanager
+def _log_to_console(enabled: bool) -> Iterator[None]:
+    """Show addsr's INFO messages (such as the tile layout of each image) above the progress bars."""
+    import logging
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logger = logging.getLogger("addsr")
+    if not enabled:
+        yield
+        return
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with logging_redirect_tqdm([logger]):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+@app.command()
+def serve(
+    model: ModelOption = None,
+    base_model: BaseOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but 127.0.0.1 opens the page to others.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
+    share: Annotated[bool, typer.Option(help="Also publish a public gradio.live link.")] = False,
+    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest upload accepted, in MB.")] = 50.0,
+    max_pixels: Annotated[
+        int, typer.Option(min=0, help="Refuse images with more pixels (decompression bombs); 0: no limit.")
+    ] = DEFAULT_MAX_PIXELS,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")] = "auto",
+) -> None:
+    """Serve a web page that upscales uploaded images x4 (needs Gradio: the 'web' extra)."""
+    from .pipeline import AddSRPipeline
+
+    try:
+        from . import serve as web
+    except ImportError as error:
+        _fail(f"the web page needs Gradio ({error}): pip install -c constraints.txt -e '.[web]'")
+    config = web.ServeConfig(host=host, port=port, share=share, max_upload_mb=max_upload_mb,
+                             max_pixels=max_pixels or None)
+    try:
+        pipe = AddSRPipeline.from_pretrained(model, base_model_dir=base_model, device=device, dtype=dtype)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        _fail(f"cannot load the model: {error}")
+    try:
+        with web.open_page(pipe, config) as page:
+            typer.echo(f"serving on {page.local_url} (model on {pipe.device}); Ctrl+C stops")
+            if page.share_url:
+                typer.echo(f"public link: {page.share_url}")
+            web.wait_until_stopped(page)
+    except OSError:
+        _fail(f"cannot listen on {host}:{port}: the port is in use, or {host} is not an address of this machine")
 
 
 @app.command()

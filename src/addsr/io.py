@@ -25,7 +25,6 @@ ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")
 SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")
 DEFAULT_MAX_PIXELS = 89_478_485
 """Images with more pixels are refused unless asked for: Pillow's decompression-bomb threshold (about 9459 x 9459)."""
-EXTRA_INSTALL = "pip install 'addsr[images]'"
 
 
 class ImageFileError(ValueError):
@@ -247,16 +246,9 @@ def _stores_16_bit_channels(image: Image.Image) -> bool:
     return False
 
 
-def _extra(module: str, path: Path, what: str) -> Any:
-    """An optional image library, or a one-line error naming the file and the install command."""
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ImageFileError(path, f"{what} needs the {module} package: {EXTRA_INSTALL}") from None
-
-
 def _read_png_16(path: Path) -> np.ndarray:
-    png = _extra("png", path, "reading a 16-bit colour PNG at full precision")
+    import png
+
     try:
         width, height, rows, info = png.Reader(filename=str(path)).asDirect()
         return np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, info["planes"])
@@ -265,7 +257,8 @@ def _read_png_16(path: Path) -> np.ndarray:
 
 
 def _read_tiff_16(path: Path) -> np.ndarray:
-    tifffile = _extra("tifffile", path, "reading a 16-bit colour TIFF at full precision")
+    import tifffile
+
     with tifffile.TiffFile(path) as tiff:
         page = tiff.pages.first
         if page.photometric not in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.MINISBLACK):
@@ -339,7 +332,6 @@ def write_image(image: ImageData, path: str | Path, quality: int = 95) -> Path:
         pixels = pixels[..., :-1]
     if pixels.dtype == np.uint16 and pixels.shape[-1] > 1:
         write = _write_png_16 if format == "PNG" else _write_tiff_16
-        _extra("png" if format == "PNG" else "tifffile", path, f"writing a 16-bit colour {format}")
         return atomic_write(path, lambda temporary: write(pixels, temporary, image))
     options: dict[str, Any] = {"icc_profile": image.icc_profile, "dpi": image.dpi}
     if format != "TIFF":

@@ -28,7 +28,7 @@ from .diffusion import NoiseSchedule, student_timesteps
 from .io import images_to_tensor, resize_images, tensor_to_pil
 from .models import ControlNet, UNet
 from .tagging import Tagger
-from .tiling import Denoise, TiledDenoiser, TiledVAE, TileLayout, auto_tile_size
+from .tiling import Denoise, TiledDenoiser, TiledVAE, TileLayout, auto_tile_size, check_tiling
 
 logger = logging.getLogger(__name__)
 
@@ -275,10 +275,10 @@ class AddSRPipeline:
         latent_size = (condition_lr.shape[-2] // factor, condition_lr.shape[-1] // factor)
         layout = self.tile_layout((lr_height, lr_width), latent_size, tile, tile_overlap, batch)
         if not layout.is_single:
-            logger.info("tiling a %dx%d latent into %d x %d tiles of %d latent pixels, overlap %d",
-                        *latent_size, *layout.grid, layout.tile, layout.overlap)
+            logger.info("%dx%d input: %d x %d tiles of %d latent pixels (%dx%d latent), overlap %d", lr_width,
+                        lr_height, *layout.grid, layout.tile, latent_size[1], latent_size[0], layout.overlap)
         vae = TiledVAE(self.vae, layout)
-        progress = tqdm(total=len(timesteps) * len(layout.boxes), desc="AddSR", unit="tile",
+        progress = tqdm(total=len(timesteps) * len(layout.boxes), desc="AddSR", unit="tile", leave=False,
                         disable=not self.progress_bar)
         denoise = TiledDenoiser(
             partial(self._guided_noise, text=text, negative_text=negative_text, guidance_scale=guidance_scale,
@@ -377,10 +377,7 @@ def _check_arguments(
         raise ValueError(f"start_point must be 'lr' or 'noise', got {start_point!r}")
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-    if tile != "auto" and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 0):
-        raise ValueError(f"tile must be 'auto', 0 (untiled) or a side in LR pixels, got {tile!r}")
-    if tile_overlap is not None and (tile_overlap < 0 or (tile != "auto" and tile and tile_overlap >= tile / 2)):
-        raise ValueError(f"tile_overlap must be at least 0 and under half the tile ({tile}), got {tile_overlap}")
+    check_tiling(tile, tile_overlap)
 
 
 def _format(images: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:

@@ -284,6 +284,25 @@ class TiledVAE:
         return canvas.result(torch.float32)
 
 
+def check_tiling(tile: int | str, overlap: int | None) -> None:
+    """``tile`` is ``"auto"``, 0 (untiled) or a side in LR pixels; ``overlap`` is None or under half the tile."""
+    if tile != "auto" and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 0):
+        raise ValueError(f"tile must be 'auto', 0 (untiled) or a side in LR pixels, got {tile!r}")
+    if overlap is not None and (overlap < 0 or (tile != "auto" and tile and overlap >= tile / 2)):
+        raise ValueError(f"tile_overlap must be at least 0 and under half the tile ({tile}), got {overlap}")
+
+
+def parse_tile(text: str) -> int | str:
+    """A tile setting as written on a command line or a form: ``auto`` or a whole number of LR pixels."""
+    text = text.strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"tile must be 'auto', 0 (untiled) or a side in LR pixels, got {text!r}") from None
+
+
 def auto_tile_size(pipe, latent_per_lr: float, batch: int = 1) -> int:
     """``tile="auto"`` in LR input pixels for an ``AddSRPipeline`` (``latent_per_lr`` latent pixels per LR pixel):
     on CUDA, the largest square tile whose measured memory fits ``CUDA_MEMORY_FRACTION`` of the free memory;

@@ -15,6 +15,7 @@ from .io import (
     read_image, resize_images, save_text, to_grayscale, write_image,
 )
 from .pipeline import DEFAULT_ADDED_PROMPT, AddSRPipeline
+from .tiling import check_tiling
 
 ALPHA_MODES = ("bicubic", "model")
 OUTPUT_EXTENSIONS = ("png", "jpg", "webp", "tif", "same")
@@ -33,6 +34,10 @@ class UpscaleSettings:
     wavelet_levels: int | None = None
     guidance_scale: float = 0.0
     seed: int | None = None
+    tile: int | str = "auto"
+    """Tile side in LR pixels: ``"auto"`` (chosen for the device) or 0 (the whole image at once)."""
+    tile_overlap: int | None = None
+    """Overlap of neighbouring tiles in LR pixels; None: a quarter of the tile."""
     alpha: str = "bicubic"
     """How an alpha channel is upscaled: ``bicubic``, or ``model`` (run through the pipeline as a grey image)."""
     max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -42,6 +47,7 @@ class UpscaleSettings:
     save_prompt: bool = False
 
     def __post_init__(self) -> None:
+        check_tiling(self.tile, self.tile_overlap)
         if self.alpha not in ALPHA_MODES:
             raise ValueError(f"alpha must be one of {', '.join(ALPHA_MODES)}, got {self.alpha!r}")
         if not 1 <= self.quality <= 100:
@@ -126,8 +132,8 @@ def upscale_file(
             alpha = resize_images(alpha, tuple(color.shape[-2:])).clamp(0, 1)
     except (torch.OutOfMemoryError, MemoryError):
         width, height = image.size
-        raise ImageFileError(source, f"{width}x{height} is too large for {pipe.device}'s memory (large images are "
-                                     "not tiled yet); try a smaller image or another device") from None
+        raise ImageFileError(source, f"{width}x{height} with tile {settings.tile} does not fit {pipe.device}'s "
+                                     "memory; try a smaller --tile") from None
     write_image(image.with_pixels(color, alpha), target, settings.quality)
     if settings.save_prompt:
         save_text(prompt, target.with_suffix(".txt"))
@@ -141,7 +147,8 @@ def _run_pipeline(pipe: AddSRPipeline, images: torch.Tensor, settings: UpscaleSe
     result = pipe(
         images, prompt=settings.prompt, added_prompt=settings.added_prompt, num_steps=settings.num_steps,
         psr_weight=settings.psr_weight, color_fix=settings.color_fix, wavelet_levels=settings.wavelet_levels,
-        guidance_scale=settings.guidance_scale, generator=generator, output_type="pt",
+        guidance_scale=settings.guidance_scale, tile=settings.tile, tile_overlap=settings.tile_overlap,
+        generator=generator, output_type="pt",
     )
     return result.images, result.prompts[0]
 
@@ -194,7 +201,7 @@ def upscale_batch(
     """:func:`upscale_file` on each (source, target) pair; a failure is recorded and the others still run."""
     jobs = list(jobs)
     report = UpscaleReport()
-    pipe.progress_bar = False
+    pipe.progress_bar = progress  # each image's bar counts its tiles x steps, under the batch's bar
     for source, target in tqdm(jobs, desc="Upscaling", unit="image", disable=not progress):
         try:
             result = upscale_file(pipe, source, target, settings)
