@@ -343,15 +343,14 @@ def sample_psr(
     ``denoise(latents, t, condition, image_embeds)`` predicts epsilon, ``decode`` maps latents to ``[0, 1]`` images
     and ``embed`` gives the image embeddings of a condition; tiling wraps them, not this loop."""
     condition = condition_lr
-    for index, timestep in enumerate(timesteps):
-        if index > 0:
-            # PSR: condition on the previous estimate blended with the LR, re-embed it.
-            if psr_weight != 0:
-                condition = psr_weight * decode(predicted) + (1 - psr_weight) * condition_lr
-            image_embeds = embed(condition)
+    predicted = schedule.predict_x0(latents, denoise(latents, timesteps[0], condition, image_embeds), timesteps[0])
+    for timestep in timesteps[1:]:
+        latents = schedule.add_noise(predicted, draw_noise(), timestep)
+        # PSR: condition on the previous estimate blended with the LR, re-embed it.
+        if psr_weight != 0:
+            condition = psr_weight * decode(predicted) + (1 - psr_weight) * condition_lr
+        image_embeds = embed(condition)
         predicted = schedule.predict_x0(latents, denoise(latents, timestep, condition, image_embeds), timestep)
-        if index + 1 < len(timesteps):
-            latents = schedule.add_noise(predicted, draw_noise(), timesteps[index + 1])
     return predicted
 
 

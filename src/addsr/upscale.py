@@ -132,8 +132,8 @@ def upscale_file(
             alpha = resize_images(alpha, tuple(color.shape[-2:])).clamp(0, 1)
     except (torch.OutOfMemoryError, MemoryError):
         width, height = image.size
-        raise ImageFileError(source, f"{width}x{height} with tile {settings.tile} does not fit {pipe.device}'s "
-                                     "memory; try a smaller --tile") from None
+        raise ImageFileError(source, f"{width}x{height} is too large for {pipe.device}'s memory with tile "
+                                     f"{settings.tile}; try a smaller --tile") from None
     write_image(image.with_pixels(color, alpha), target, settings.quality)
     if settings.save_prompt:
         save_text(prompt, target.with_suffix(".txt"))
