@@ -121,8 +121,9 @@ def test_a_bad_upload_gives_a_readable_error_and_the_page_goes_on(page, tmp_path
         submit(client, tmp_path / "huge.png").result(timeout=120)
     with monkeypatch.context() as memory:
         memory.setattr(AddSRPipeline, "__call__", _out_of_memory)
-        with pytest.raises(gradio_client.exceptions.AppError, match=r"huge.png: .*memory"):
-            submit(client, tmp_path / "huge.png").result(timeout=120)
+        Image.new("RGB", (20, 12)).save(tmp_path / "photo.png")
+        with pytest.raises(gradio_client.exceptions.AppError, match=r"photo.png: .*memory"):
+            submit(client, tmp_path / "photo.png").result(timeout=120)
 
     too_large = tmp_path / "large.png"
     too_large.write_bytes(b"\0" * 80_000)
