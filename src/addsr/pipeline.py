@@ -29,7 +29,7 @@ from .diffusion import NoiseSchedule, student_timesteps
 from .io import images_to_tensor, resize_images, tensor_to_pil
 from .models import ControlNet, UNet
 from .tagging import Tagger
-from .tiling import Denoise, TiledDenoiser, TiledVAE, TileLayout, auto_tile_size, check_tiling
+from .tiling import Denoise, TiledDenoiser, TiledVAE, TileLayout, auto_tile_size, check_tiling, tiles_per_batch
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +284,8 @@ class AddSRPipeline:
         denoise = TiledDenoiser(
             partial(self._guided_noise, text=text, negative_text=negative_text, guidance_scale=guidance_scale,
                     conditioning_scale=conditioning_scale),
-            layout, factor, progress=progress.update,
+            layout, factor, tiles_per_batch(self, layout, batch * (2 if negative_text is not None else 1)),
+            progress.update,
         )
 
         # Start point (2.4). Random draws, in order: start noise, VAE posterior sample, one re-noise per later step.

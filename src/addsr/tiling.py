@@ -13,6 +13,7 @@ tile, every wrapper calls the untiled function on the whole input, so the output
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -313,9 +314,17 @@ def auto_tile_size(pipe, latent_per_lr: float, batch: int = 1) -> int:
     elsewhere ``CPU_TILE``, where the cost of attention, not memory, sets the best size."""
     if pipe.device.type != "cuda":
         return CPU_TILE
-    free, _ = torch.cuda.mem_get_info(pipe.device)
-    latent_side = largest_fitting_side(CUDA_MEMORY_FRACTION * free, _cuda_bytes_per_latent_pixel(pipe, batch))
+    latent_side = largest_fitting_side(_cuda_budget(pipe), _cuda_bytes_per_latent_pixel(pipe, batch))
     return round(latent_side / latent_per_lr)
+
+
+def tiles_per_batch(pipe, layout: TileLayout, batch: int = 1) -> int:
+    """How many tiles go through the network at once: on CUDA as many as fit the free memory, elsewhere one (a
+    CPU gains nothing from batching)."""
+    if pipe.device.type != "cuda" or layout.is_single:
+        return 1
+    per_tile = _cuda_bytes_per_latent_pixel(pipe, batch) * layout.tile**2
+    return max(1, min(len(layout.boxes), int(_cuda_budget(pipe) // per_tile)))
 
 
 def largest_fitting_side(budget_bytes: float, bytes_per_pixel: float) -> int:
@@ -323,9 +332,21 @@ def largest_fitting_side(budget_bytes: float, bytes_per_pixel: float) -> int:
     return max(8, math.isqrt(int(budget_bytes / bytes_per_pixel)))
 
 
+def _cuda_budget(pipe) -> float:
+    free, _ = torch.cuda.mem_get_info(pipe.device)
+    return CUDA_MEMORY_FRACTION * free
+
+
+_probes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 @torch.no_grad()
 def _cuda_bytes_per_latent_pixel(pipe, batch: int) -> float:
-    """Peak GPU memory per latent pixel of one denoising call and one decode, measured on a small probe."""
+    """Peak GPU memory per latent pixel of one denoising call and one decode, measured once per pipeline, dtype
+    and batch on a small probe."""
+    key = (pipe.dtype, batch)
+    if key in _probes.setdefault(pipe.unet, {}):
+        return _probes[pipe.unet][key]
     factor, channels = latent_factor(pipe.vae), pipe.unet.config.in_channels
     latents = torch.zeros(batch, channels, PROBE_SIDE, PROBE_SIDE, device=pipe.device, dtype=pipe.dtype)
     condition = torch.zeros(batch, 3, PROBE_SIDE * factor, PROBE_SIDE * factor, device=pipe.device)
@@ -337,4 +358,5 @@ def _cuda_bytes_per_latent_pixel(pipe, batch: int) -> float:
     predict_noise(pipe.unet, pipe.controlnet, latents, 999, text, condition, embeds)
     decode_latents(pipe.vae, latents)
     peak = torch.cuda.max_memory_allocated(pipe.device) - baseline
-    return peak / PROBE_SIDE**2
+    _probes[pipe.unet][key] = peak / PROBE_SIDE**2
+    return _probes[pipe.unet][key]
