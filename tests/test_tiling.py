@@ -203,3 +203,12 @@ def test_bad_tile_arguments_are_refused(tiny_pipe):
 def test_largest_fitting_side():
     assert largest_fitting_side(100 * 100 * 1000.0, 1000.0) == 100
     assert largest_fitting_side(10.0, 1000.0) == 8
+
+
+def test_auto_tiles_large_latents_on_a_cpu_and_leaves_small_ones_whole(tiny_pipe):
+    from addsr.tiling import CPU_TILE, CPU_UNTILED_SIDE
+
+    large = CPU_UNTILED_SIDE + 8
+    layout = tiny_pipe.tile_layout((large // 2, large // 2), (large, large), "auto")
+    assert layout.tile == CPU_TILE and layout.overlap == CPU_TILE // 4 and not layout.is_single
+    assert tiny_pipe.tile_layout((CPU_UNTILED_SIDE // 2,) * 2, (CPU_UNTILED_SIDE,) * 2, "auto").is_single

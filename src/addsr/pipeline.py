@@ -211,11 +211,11 @@ class AddSRPipeline:
         """The latent tiles for ``tile`` and ``overlap`` in LR input pixels (``"auto"``: :func:`auto_tile_size`;
         0: untiled; overlap ``None``: a quarter of the tile), each side a multiple of the U-Net's downsampling
         factor."""
-        if tile == 0:
-            return TileLayout.whole(*latent_size)
         latent_per_lr = latent_size[1] / lr_size[1]
         if tile == "auto":
-            tile = auto_tile_size(self, latent_per_lr, batch)
+            tile = auto_tile_size(self, latent_size, latent_per_lr, batch)
+        if tile == 0:
+            return TileLayout.whole(*latent_size)
         step = 2 ** (len(self.unet.config.block_out_channels) - 1)
         side = max(step, round(tile * latent_per_lr) // step * step)
         overlap = side // 4 if overlap is None else min(round(overlap * latent_per_lr), (side - 1) // 2)

@@ -31,9 +31,11 @@ ENCODER_HALO = 32
 """Image pixels added around each encoder tile (the released tiled VAE's encoder padding)."""
 DECODER_HALO = 11
 """Latent pixels added around each decoder tile (the released tiled VAE's decoder padding)."""
-CPU_TILE = 128
-"""``tile="auto"`` on a CPU, in LR input pixels: the fastest size measured with the default model
-(``benchmarks/tiling.py``, docs/inference.md)."""
+CPU_TILE = 64
+"""``tile="auto"`` on a CPU, in latent pixels (64 LR pixels with the shipped model, 128 with Stable Diffusion 2's
+VAE): the fastest size measured with the shipped model (``benchmarks/tiling.py``, docs/inference.md)."""
+CPU_UNTILED_SIDE = 160
+"""``tile="auto"`` on a CPU leaves latents up to this side untiled: below it one pass is as fast as the tiles."""
 CUDA_MEMORY_FRACTION = 0.8
 """Share of a GPU's free memory that ``tile="auto"`` plans to use."""
 PROBE_SIDE = 32
@@ -308,12 +310,13 @@ def parse_tile(text: str) -> int | str:
         raise ValueError(f"tile must be 'auto', 0 (untiled) or a side in LR pixels, got {text!r}") from None
 
 
-def auto_tile_size(pipe, latent_per_lr: float, batch: int = 1) -> int:
-    """``tile="auto"`` in LR input pixels for an ``AddSRPipeline`` (``latent_per_lr`` latent pixels per LR pixel):
-    on CUDA, the largest square tile whose measured memory fits ``CUDA_MEMORY_FRACTION`` of the free memory;
-    elsewhere ``CPU_TILE``, where the cost of attention, not memory, sets the best size."""
+def auto_tile_size(pipe, latent_size: tuple[int, int], latent_per_lr: float, batch: int = 1) -> int:
+    """``tile="auto"`` in LR input pixels (0: untiled) for an ``AddSRPipeline`` and a latent of ``latent_size``
+    (``latent_per_lr`` latent pixels per LR pixel). On CUDA, the largest square tile whose measured memory fits
+    ``CUDA_MEMORY_FRACTION`` of the free memory. Elsewhere the cost of attention, not memory, sets the best size:
+    untiled up to ``CPU_UNTILED_SIDE``, else ``CPU_TILE``."""
     if pipe.device.type != "cuda":
-        return CPU_TILE
+        return 0 if max(latent_size) <= CPU_UNTILED_SIDE else round(CPU_TILE / latent_per_lr)
     latent_side = largest_fitting_side(_cuda_budget(pipe), _cuda_bytes_per_latent_pixel(pipe, batch))
     return round(latent_side / latent_per_lr)
 
