@@ -21,8 +21,7 @@ from addsr.metrics import psnr
 from addsr.models.presets import SMALL, build_small_models
 from addsr.pipeline import BASE_COMPONENTS
 
-from conftest import shared_path
-from test_presets import MAX_SHIPPED_MB
+from conftest import MAX_SHIPPED_MB, shared_path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SHIPPED_PARTS = ("unet", "controlnet", *BASE_COMPONENTS)

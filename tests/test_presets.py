@@ -26,11 +26,12 @@ from addsr.models.presets import (
 from addsr.training.config import TeacherTrainingConfig, merge_config
 from addsr.training.teacher import train_teacher
 
+from conftest import MAX_SHIPPED_MB
+
 TINY = SmallModelSpec(
     vae_channels=(8, 8, 8), unet_channels=(16, 32), norm_groups=8, attention_head_width=8, text_width=16,
     conditioning_channels=8,
 )
-MAX_SHIPPED_MB = 50
 
 
 def test_tokenizer_of_length_two_gives_every_prompt_the_same_tokens():

@@ -28,7 +28,7 @@ from addsr.training.runner import eight_bit_adamw
 from addsr.training.tags import TagCacheError, load_cached_tags, write_tag_cache
 
 from conftest import tiny_controlnet, tiny_text_encoder, tiny_tokenizer, tiny_unet
-from test_training import CROP, Workspace, assert_upscales, build_workspace, trainable_state
+from training_cases import CROP, Workspace, assert_upscales, build_workspace, trainable_state
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
