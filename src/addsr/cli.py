@@ -342,7 +342,9 @@ def evaluate(
     degradations: Annotated[Optional[str], typer.Option(help="Comma-separated: bicubic,blur,noise,noise_jpeg.")] = None,
     metrics: Annotated[Optional[str], typer.Option(help="Comma-separated, e.g. psnr,ssim,niqe,lpips.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of degradations and sampling.")] = None,
-    niqe_params: Annotated[Optional[Path], typer.Option(help="NIQE pristine parameters (.npz).")] = None,
+    niqe_params: Annotated[
+        Optional[Path], typer.Option(help="NIQE pristine parameters (.npz); default: the copy shipped with addsr.")
+    ] = None,
     iqa_weights: Annotated[Optional[Path], typer.Option(help="Folder of pyiqa weights (torch hub layout).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")] = None,
 ) -> None:
