@@ -21,7 +21,7 @@ from addsr.evaluation import parse_method
 from addsr.io import pil_to_tensor
 from addsr.metrics import psnr
 from addsr.models.presets import SMALL, build_small_models
-from addsr.pipeline import BASE_COMPONENTS
+from addsr.model_folder import BASE_COMPONENTS
 
 from conftest import MAX_SHIPPED_MB, shared_path
 

@@ -5,8 +5,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from addsr import AddSRPipeline
-from addsr.colorfix import COLOR_FIX_FILE, ColorFix, adain_color_fix, wavelet_color_fix
+from addsr.colorfix import ColorFix, adain_color_fix, wavelet_color_fix
 from addsr.io import resize_images
+from addsr.model_folder import COLOR_FIX_FILE
 from addsr.pipeline import build_prompt, condition_size
 
 from conftest import TinyTagger

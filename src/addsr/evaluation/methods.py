@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..colorfix import ColorFix
 from ..devices import resolve_device, resolve_dtype
 from ..diffusion import student_timesteps
 from ..io import pil_to_tensor, tensor_to_pil, update_hash
+from ..model_folder import DEFAULT_MODEL_DIR, read_color_fix
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +182,6 @@ class AddSRMethod(SuperResolutionMethod):
         """``color_fix`` and ``wavelet_levels`` left at ``None`` take the model folder's own (``ColorFix``).
         ``pipeline_files``: extra paths for ``AddSRPipeline.from_pretrained`` (``base_model_dir``, ``ram``,
         ``dape``, ``ram_tag_list``, ``ram_tag_thresholds``). No ``model_dir``: the shipped default model."""
-        from ..pipeline import DEFAULT_MODEL_DIR
-
         self.model_dir = Path(model_dir or DEFAULT_MODEL_DIR).expanduser().resolve()
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"AddSR model folder {self.model_dir} does not exist")
@@ -192,7 +190,7 @@ class AddSRMethod(SuperResolutionMethod):
         if not 0.0 <= psr_weight <= 1.0:
             raise ValueError(f"psr_weight must be in [0, 1], got {psr_weight}")
         self.num_steps, self.psr_weight = num_steps, psr_weight
-        self.color_fix = ColorFix.from_model_dir(self.model_dir).replace(color_fix, wavelet_levels)
+        self.color_fix = read_color_fix(self.model_dir).replace(color_fix, wavelet_levels)
         self.process_size = process_size
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
