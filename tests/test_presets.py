@@ -24,7 +24,8 @@ from addsr.models.presets import (
     build_small_models,
     byte_level_clip_tokenizer,
 )
-from addsr.training.config import TeacherTrainingConfig, merge_config
+from addsr.config import merge_config
+from addsr.training.config import TeacherTrainingConfig
 from addsr.training.teacher import train_teacher
 
 from conftest import MAX_SHIPPED_MB

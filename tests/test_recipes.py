@@ -18,10 +18,11 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from addsr.cli import app
+from addsr.config import config_to_dict, merge_config
 from addsr.degradations import ops
 from addsr.training import DistillationConfig, TeacherTrainingConfig, load_config, train_distill, train_teacher
 from addsr.training.components import set_attention
-from addsr.training.config import DataConfig, HRSource, TagCacheConfig, config_to_dict, merge_config
+from addsr.training.config import DataConfig, HRSource, TagCacheConfig
 from addsr.training.data import TrainingBatchMaker, list_hr_images
 from addsr.training.offload import OffloadedTagger
 from addsr.training.runner import eight_bit_adamw

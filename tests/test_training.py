@@ -22,6 +22,7 @@ from diffusers import AutoencoderKL
 
 from addsr import AddSRPipeline
 from addsr.cli import app
+from addsr.config import ConfigError, config_to_dict, load_config, merge_config
 from addsr.training import runner
 from addsr.training import DEFAULT_TRAINABLE, ProjectedDiscriminator, TAADDLoss
 from addsr.training.checkpoints import TrainingState, list_checkpoints
@@ -32,15 +33,11 @@ from addsr.training.components import (
     select_trainable,
 )
 from addsr.training.config import (
-    ConfigError,
     DataConfig,
     DistillationConfig,
     DistillationModelConfig,
     TeacherModelConfig,
     TeacherTrainingConfig,
-    config_to_dict,
-    load_config,
-    merge_config,
 )
 from addsr.training.data import (
     ShardedSampler,

@@ -14,7 +14,7 @@ import yaml
 
 from addsr import AddSRPipeline
 from addsr.training import DEFAULT_TRAINABLE
-from addsr.training.config import config_to_dict
+from addsr.config import config_to_dict
 
 from training_cases import build_workspace, model_weights, selected_by
 
@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 
 import training_cases  # registers the tiny discriminator backbones with timm
-from addsr.training.config import DistillationConfig, load_config
+from addsr.config import load_config
+from addsr.training.config import DistillationConfig
 from addsr.training.distill import train_distill
 
 checkpoint = train_distill(load_config(sys.argv[1], DistillationConfig))

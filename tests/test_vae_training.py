@@ -12,7 +12,8 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from addsr.training.config import ConfigError, DistillationConfig, TeacherTrainingConfig, load_config
+from addsr.config import ConfigError, load_config
+from addsr.training.config import DistillationConfig, TeacherTrainingConfig
 from addsr.training.vae import (
     VAELossConfig,
     VAEModelConfig,

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from addsr.cli import app
 from addsr.training.components import WHOLE_MODELS
-from addsr.training.config import DistillationConfig, TeacherTrainingConfig, merge_config
+from addsr.config import merge_config
+from addsr.training.config import DistillationConfig, TeacherTrainingConfig
 
 from conftest import build_pipe
 from ram_cases import TINY, random_tiny_model

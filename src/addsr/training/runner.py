@@ -37,7 +37,8 @@ from .checkpoints import (
     write_components,
 )
 from .components import FrozenComponents, move_to, set_attention
-from .config import DataConfig, OptimizationConfig, OutputConfig, config_to_dict
+from ..config import config_to_dict
+from .config import DataConfig, OptimizationConfig, OutputConfig
 from .data import TrainingBatch, TrainingBatchMaker, derive_seed, hr_dataloader, list_hr_images
 from .ema import ExponentialMovingAverage
 from .offload import CPU, OffloadedTagger

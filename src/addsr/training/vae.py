@@ -37,7 +37,7 @@ from ..devices import resolve_device
 from ..io import find_images, load_image, pil_to_tensor, save_text
 from ..metrics.psnr import psnr
 from ..models.presets import SMALL, SmallModelSpec, build_small_base
-from .config import config_to_dict
+from ..config import config_to_dict
 from .data import HRCropDataset, ShardedSampler, list_hr_images
 
 logger = logging.getLogger(__name__)
