@@ -93,7 +93,7 @@ def test_upscale_without_model_uses_the_default(tmp_path):
 
 def test_eval_method_without_folder_is_the_default_model():
     method = parse_method("addsr,steps=1,name=small", device="cpu")
-    assert method.model_dir == DEFAULT_MODEL_DIR.resolve() and method.num_steps == 1 and method.name == "small"
+    assert method.model_dir == DEFAULT_MODEL_DIR.resolve() and method.sampler.num_steps == 1 and method.name == "small"
     assert method.settings["color_fix"] == "wavelet" and method.settings["wavelet_levels"] == 3
 
 

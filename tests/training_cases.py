@@ -57,7 +57,7 @@ class Workspace:
             "output": {
                 "output_dir": str(output_dir), "checkpoint_every": 2, "keep_last": None, "log_every": 1,
                 "validation_every": 0, "validation_images": [str(self.root / "val.png")],
-                "validation_process_size": CROP, "validation_num_steps": 2, "progress_bar": False,
+                "validation_sampler": {"process_size": CROP, "num_steps": 2}, "progress_bar": False,
             },
         }
         for name, section in sections.items():

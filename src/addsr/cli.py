@@ -12,9 +12,11 @@ import typer
 from typer.core import TyperGroup
 
 from .io import DEFAULT_MAX_PIXELS
+from .sampling import DEFAULT_SAMPLER
 
 if TYPE_CHECKING:
     from .pipeline import AddSRPipeline
+    from .sampling import SamplerSettings
     from .upscale import BatchPlan, UpscaleReport, UpscaleSettings
 
 
@@ -91,30 +93,50 @@ def _fail(message: str, code: int = 2, cause: Exception | None = None) -> NoRetu
     raise CommandError(message, code, cause)
 
 
+SAMPLER_OPTIONS = {"num_steps": "--steps"}
+"""Sampler settings whose option is not named after the field."""
+
+
+def _sampler_settings(tile: str, **values) -> SamplerSettings:
+    """The sampler settings of the options (``tile`` as typed), or a one-line error naming the option at fault."""
+    from .sampling import SamplerSettings, SettingError
+    from .tiling import parse_tile
+
+    try:
+        return SamplerSettings(tile=parse_tile(tile), **values)
+    except SettingError as error:
+        option = SAMPLER_OPTIONS.get(error.name, "--" + error.name.replace("_", "-"))
+        _fail(f"{option}: {error}", cause=error)
+    except ValueError as error:
+        _fail(f"--tile: {error}", cause=error)
+
+
 @app.command()
 def upscale(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG, JPEG, WebP, TIFF).")],
     out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Folder for the upscaled images.")],
     model: ModelOption = None,
     base_model: BaseOption = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, max=4, help="Student steps (1 to 4).")] = 4,
-    psr_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="PSR blend weight; 0 turns PSR off.")] = 0.4,
-    prompt: Annotated[str, typer.Option(help="Extra words for the text prompt.")] = "",
+    steps: Annotated[int, typer.Option("--steps", help="Student steps (1 to 4).")] = DEFAULT_SAMPLER.num_steps,
+    psr_weight: Annotated[float, typer.Option(help="PSR blend weight; 0 turns PSR off.")] = DEFAULT_SAMPLER.psr_weight,
+    prompt: Annotated[str, typer.Option(help="Extra words for the text prompt.")] = DEFAULT_SAMPLER.prompt,
     color_fix: Annotated[
         Optional[str], typer.Option(help="adain, wavelet or none; default: the model's own (adain if it names none).")
-    ] = None,
+    ] = DEFAULT_SAMPLER.color_fix,
     wavelet_levels: Annotated[
         Optional[int],
-        typer.Option(min=1, help="Levels of the wavelet fix (released: 5); fewer take finer detail from the LR."),
-    ] = None,
-    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance; off at <= 1.")] = 0.0,
+        typer.Option(help="Levels of the wavelet fix (released: 5); fewer take finer detail from the LR."),
+    ] = DEFAULT_SAMPLER.wavelet_levels,
+    guidance_scale: Annotated[
+        float, typer.Option(help="Classifier-free guidance; off at <= 1.")
+    ] = DEFAULT_SAMPLER.guidance_scale,
     seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible results.")] = None,
     tile: Annotated[
         str, typer.Option(help="Tile side in input pixels: auto (chosen for the device), or 0 for no tiling.")
-    ] = "auto",
+    ] = str(DEFAULT_SAMPLER.tile),
     tile_overlap: Annotated[
-        Optional[int], typer.Option(min=0, help="Overlap of neighbouring tiles in input pixels; default: tile / 4.")
-    ] = None,
+        Optional[int], typer.Option(help="Overlap of neighbouring tiles in input pixels; default: tile / 4.")
+    ] = DEFAULT_SAMPLER.tile_overlap,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")] = "auto",
     ram: Annotated[Optional[Path], typer.Option(help="RAM checkpoint ram_swin_large_14m.pth.")] = None,
@@ -141,21 +163,17 @@ def upscale(
     """Upscale images x4 into OUT_DIR, keeping alpha, 16 bits, grey, orientation and colour profile.
 
     Under `accelerate launch -m addsr upscale ...` the files are shared out between the processes."""
-    from .colorfix import COLOR_FIXES
     from .devices import resolve_device, resolve_dtype
     from .pipeline import AddSRPipeline
-    from .tiling import parse_tile
     from .upscale import BatchSettings, UpscaleSettings, plan_batch
 
-    if color_fix is not None and color_fix not in COLOR_FIXES:
-        _fail(f"--color-fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
+    sampler = _sampler_settings(
+        tile, num_steps=steps, psr_weight=psr_weight, prompt=prompt, color_fix=color_fix,
+        wavelet_levels=wavelet_levels, guidance_scale=guidance_scale, tile_overlap=tile_overlap,
+    )
     try:
-        settings = UpscaleSettings(
-            num_steps=steps, psr_weight=psr_weight, prompt=prompt, color_fix=color_fix,
-            wavelet_levels=wavelet_levels, guidance_scale=guidance_scale, seed=seed, tile=parse_tile(tile),
-            tile_overlap=tile_overlap, alpha=alpha, max_pixels=max_pixels or None, quality=quality,
-            save_prompt=save_prompt,
-        )
+        settings = UpscaleSettings(sampler, seed=seed, alpha=alpha, max_pixels=max_pixels or None, quality=quality,
+                                   save_prompt=save_prompt)
         batch = BatchSettings(ext=ext, suffix=suffix, overwrite=overwrite, recursive=recursive)
         resolve_dtype(dtype, resolve_device(device))
     except ValueError as error:

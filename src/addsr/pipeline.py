@@ -24,7 +24,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .colorfix import ColorFix
 from .denoiser import latent_factor, predict_noise, tagger_input
 from .devices import resolve_device, resolve_dtype
-from .diffusion import NoiseSchedule, student_timesteps
+from .diffusion import NoiseSchedule
 from .io import images_to_tensor, resize_images, tensor_to_pil
 from .model_folder import (
     BaseComponents,
@@ -39,13 +39,12 @@ from .model_folder import (
     write_color_fix,
 )
 from .models import ControlNet, UNet
+from .sampling import DEFAULT_SAMPLER, SamplerSettings
 from .tagging import Tagger
-from .tiling import Denoise, TiledDenoiser, TiledVAE, TileLayout, auto_tile_size, check_tiling
+from .tiling import Denoise, TiledDenoiser, TiledVAE, TileLayout, auto_tile_size
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ADDED_PROMPT = "clean, high-resolution, 8k, extremely detailed, best quality, sharp"
-DEFAULT_NEGATIVE_PROMPT = "dotted, noise, blur, lowres, smooth"
 BASE_MODEL_HINT = (
     "Pass base_model_dir (CLI: --base-model) pointing to a Stable Diffusion 2 base folder, or assemble a complete "
     "model folder with `addsr assemble`."
@@ -210,34 +209,45 @@ class AddSRPipeline:
     def __call__(
         self,
         image: ImageInput,
-        prompt: str | list[str] = "",
-        added_prompt: str = DEFAULT_ADDED_PROMPT,
-        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        num_steps: int = 4,
-        timesteps: list[int] | None = None,
-        psr_weight: float = 0.4,
-        start_point: Literal["lr", "noise"] = "lr",
-        guidance_scale: float = 0.0,
-        color_fix: Literal["adain", "wavelet", "none"] | None = None,
-        wavelet_levels: int | None = None,
-        upscale: int = 4,
-        process_size: int = 512,
-        conditioning_scale: float = 1.0,
-        tile: int | Literal["auto"] = "auto",
-        tile_overlap: int | None = None,
+        prompt: str | list[str] = DEFAULT_SAMPLER.prompt,
+        added_prompt: str = DEFAULT_SAMPLER.added_prompt,
+        negative_prompt: str = DEFAULT_SAMPLER.negative_prompt,
+        num_steps: int = DEFAULT_SAMPLER.num_steps,
+        timesteps: list[int] | None = DEFAULT_SAMPLER.timesteps,
+        psr_weight: float = DEFAULT_SAMPLER.psr_weight,
+        start_point: Literal["lr", "noise"] = DEFAULT_SAMPLER.start_point,
+        guidance_scale: float = DEFAULT_SAMPLER.guidance_scale,
+        color_fix: Literal["adain", "wavelet", "none"] | None = DEFAULT_SAMPLER.color_fix,
+        wavelet_levels: int | None = DEFAULT_SAMPLER.wavelet_levels,
+        upscale: int = DEFAULT_SAMPLER.upscale,
+        process_size: int = DEFAULT_SAMPLER.process_size,
+        conditioning_scale: float = DEFAULT_SAMPLER.conditioning_scale,
+        tile: int | Literal["auto"] = DEFAULT_SAMPLER.tile,
+        tile_overlap: int | None = DEFAULT_SAMPLER.tile_overlap,
         generator: Generator = None,
         output_type: Literal["pil", "np", "pt"] = "pil",
+        settings: SamplerSettings | None = None,
     ) -> AddSRPipelineOutput:
         """Restore one LR image or a batch of same-sized LR images at ``upscale`` times their size.
 
-        ``color_fix`` and ``wavelet_levels`` left at ``None`` take the model's own (``default_color_fix``).
-        ``tile`` is the side of the tiles in LR input pixels (``"auto"``: chosen for the device, 0: untiled) and
-        ``tile_overlap`` their overlap, also in LR pixels (``None``: a quarter of the tile); with one tile the
-        output is exactly the untiled one."""
-        timesteps = list(timesteps) if timesteps is not None else student_timesteps(num_steps)
-        _check_arguments(timesteps, psr_weight, start_point, output_type, self.schedule.num_train_timesteps,
-                         tile, tile_overlap)
-        final_color_fix = self.default_color_fix.replace(color_fix, wavelet_levels)
+        The sampling options are :class:`addsr.sampling.SamplerSettings`' fields, given as keywords or all at once
+        as ``settings`` (then leave the keywords at their defaults). ``color_fix`` and ``wavelet_levels`` left at
+        ``None`` take the model's own (``default_color_fix``). ``tile`` is the side of the tiles in LR input pixels
+        (``"auto"``: chosen for the device, 0: untiled) and ``tile_overlap`` their overlap, also in LR pixels
+        (``None``: a quarter of the tile); with one tile the output is exactly the untiled one."""
+        settings = _sampler_settings(
+            settings, prompt=prompt, added_prompt=added_prompt, negative_prompt=negative_prompt, num_steps=num_steps,
+            timesteps=timesteps, psr_weight=psr_weight, start_point=start_point, guidance_scale=guidance_scale,
+            color_fix=color_fix, wavelet_levels=wavelet_levels, upscale=upscale, process_size=process_size,
+            conditioning_scale=conditioning_scale, tile=tile, tile_overlap=tile_overlap,
+        )
+        timesteps = settings.timestep_list()
+        _check_call(timesteps, output_type, self.schedule.num_train_timesteps)
+        final_color_fix = settings.final_color_fix(self.default_color_fix)
+        prompt, added_prompt, negative_prompt = settings.prompt, settings.added_prompt, settings.negative_prompt
+        psr_weight, start_point, guidance_scale = settings.psr_weight, settings.start_point, settings.guidance_scale
+        upscale, process_size, conditioning_scale = settings.upscale, settings.process_size, settings.conditioning_scale
+        tile, tile_overlap = settings.tile, settings.tile_overlap
         lr = images_to_tensor(image).to(self.device)
         batch, _, lr_height, lr_width = lr.shape
         prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
@@ -346,21 +356,22 @@ def _move(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> N
     model.eval()
 
 
-def _check_arguments(
-    timesteps: list[int], psr_weight: float, start_point: str, output_type: str, num_train_timesteps: int,
-    tile: int | str, tile_overlap: int | None,
-) -> None:
-    if not timesteps or any(not 0 <= t < num_train_timesteps for t in timesteps):
-        raise ValueError(f"timesteps must be a non-empty list in [0, {num_train_timesteps}), got {timesteps}")
-    if any(a <= b for a, b in zip(timesteps, timesteps[1:])):
-        raise ValueError(f"timesteps must decrease, got {timesteps}")
-    if not 0.0 <= psr_weight <= 1.0:
-        raise ValueError(f"psr_weight must be in [0, 1], got {psr_weight}")
-    if start_point not in ("lr", "noise"):
-        raise ValueError(f"start_point must be 'lr' or 'noise', got {start_point!r}")
+def _sampler_settings(settings: SamplerSettings | None, **keywords) -> SamplerSettings:
+    """``settings``, or the settings the keywords give; both at once is an error (one would be ignored)."""
+    if settings is None:
+        return SamplerSettings(**keywords)
+    changed = sorted(name for name, value in keywords.items() if value != getattr(DEFAULT_SAMPLER, name))
+    if changed:
+        raise ValueError(f"give the sampling options as settings=... or as keywords, not both (got {changed} too)")
+    return settings
+
+
+def _check_call(timesteps: list[int], output_type: str, num_train_timesteps: int) -> None:
+    """What the settings cannot check alone: the timesteps against the model's schedule, and the output type."""
+    if any(t >= num_train_timesteps for t in timesteps):
+        raise ValueError(f"timesteps must be in [0, {num_train_timesteps}), got {timesteps}")
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-    check_tiling(tile, tile_overlap)
 
 
 def _format(images: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:

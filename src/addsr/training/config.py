@@ -14,6 +14,7 @@ from typing import Literal
 
 from ..config import ConfigError, merge_config, parse_overrides, read_config_file
 from ..degradations import RealESRGANDegradationConfig
+from ..sampling import SamplerSettings
 from .discriminator import ProjectedDiscriminatorConfig
 from .ta_add import TAADDConfig
 from .trainable import DEFAULT_TRAINABLE
@@ -189,8 +190,9 @@ class OutputConfig:
     """Optimiser steps between validation grids; 0 turns validation off."""
     validation_images: list[str] = field(default_factory=list)
     """LR images (files or folders) upscaled by the current (EMA) model for the validation grids."""
-    validation_num_steps: int = 4
-    validation_process_size: int = 512
+    validation_sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    """How the validation images are upscaled (:class:`addsr.sampling.SamplerSettings`: ``num_steps``,
+    ``process_size``, ``psr_weight``, ...); the released inference's settings by default."""
 
     def __post_init__(self) -> None:
         _check_positive("checkpoint_every", self.checkpoint_every)
@@ -199,8 +201,6 @@ class OutputConfig:
             raise ValueError(f"keep_last must be at least 1 or null, got {self.keep_last}")
         if self.validation_every < 0:
             raise ValueError(f"validation_every must be at least 0, got {self.validation_every}")
-        if not 1 <= self.validation_num_steps <= 4:
-            raise ValueError(f"validation_num_steps must be between 1 and 4, got {self.validation_num_steps}")
 
 
 @dataclass

@@ -429,8 +429,8 @@ class TrainingRun:
         with self._ema_applied(), torch.no_grad(), self.accelerator.autocast():
             for name, lr in self.validation_images:
                 result = pipe(
-                    lr, num_steps=output.validation_num_steps, process_size=output.validation_process_size,
-                    output_type="pt", generator=torch.Generator(self.device).manual_seed(self.config.optimization.seed),
+                    lr, settings=output.validation_sampler, output_type="pt",
+                    generator=torch.Generator(self.device).manual_seed(self.config.optimization.seed),
                 )
                 restored = result.images.float()
                 condition = resize_images(lr, tuple(restored.shape[-2:]))
