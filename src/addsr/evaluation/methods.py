@@ -8,6 +8,7 @@ the form the command line and the config files use.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import logging
 import re
@@ -254,7 +255,9 @@ def _options(spec: str, items: list[str], allowed: set[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in allowed:
-            raise ValueError(f"Bad option {item!r} in method {spec!r}; options here: {sorted(allowed)}. "
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close and sep else ""
+            raise ValueError(f"Bad option {item!r} in method {spec!r}{hint}; options here: {sorted(allowed)}. "
                              f"Format: {METHOD_SPEC_HELP}")
         options[key] = value
     return options
