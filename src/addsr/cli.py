@@ -338,21 +338,25 @@ def _comma_list(text: str | None) -> list[str] | None:
     return [item.strip() for item in text.split(",") if item.strip()] if text else None
 
 
-def _named_folders(values: list[str], kind: str) -> list:
-    from .evaluation import DatasetSpec
-
-    specs = []
+def _named_folders(values: list[str], kind: str) -> dict[str, dict[str, str]]:
+    """``NAME=FOLDER`` options as config ``datasets`` entries."""
+    datasets = {}
     for value in values:
         name, separator, folder = value.partition("=")
         if not separator:
             _fail(f"expected NAME=FOLDER, got {value!r}")
-        specs.append(DatasetSpec(name, Path(folder), kind))
-    return specs
+        datasets[name] = {"path": folder, "kind": kind}
+    return datasets
+
+
+ConfigArgument = Annotated[Path, typer.Argument(help="YAML or TOML config (see configs/).")]
+SetOption = Annotated[list[str], typer.Option("--set", help="Override a config value: key.subkey=value.")]
 
 
 @app.command(name="eval")
 def evaluate(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML evaluation config (see configs/).")] = None,
+    config: Annotated[Optional[Path], typer.Argument(help="YAML or TOML evaluation config (see configs/).")] = None,
+    overrides: SetOption = [],
     hr: Annotated[list[str], typer.Option(help="NAME=FOLDER of HR images (synthetic degradations).")] = [],
     real: Annotated[list[str], typer.Option(help="NAME=FOLDER of real LR images (no-reference metrics).")] = [],
     method: Annotated[list[str], typer.Option("-m", "--method", help="bicubic, lanczos, spandrel:PATH, addsr:DIR[,steps=N,...].")] = [],
@@ -366,26 +370,21 @@ def evaluate(
     iqa_weights: Annotated[Optional[Path], typer.Option(help="Folder of pyiqa weights (torch hub layout).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")] = None,
 ) -> None:
-    """Benchmark methods under the paper's protocol: tables, per-image JSON, grids and a plot."""
-    import dataclasses
+    """Benchmark methods under the paper's protocol: tables, per-image JSON, grids and a plot.
 
-    from .evaluation import EvalConfig, evaluate as run_evaluation, load_config
+    The options are shortcuts for config keys (--hr and --real add to `datasets`); --set sets any key."""
+    from .evaluation import evaluate as run_evaluation, load_config
     from .metrics import MetricUnavailable
 
-    overrides = {"out_dir": out_dir, "methods": method or None, "degradations": _comma_list(degradations),
-                 "metrics": _comma_list(metrics), "seed": seed, "device": device}
-    datasets = _named_folders(hr, "synthetic") + _named_folders(real, "real")
+    metric_settings = {"niqe_params_path": niqe_params, "iqa_weights_dir": iqa_weights}
+    shortcuts = {
+        "datasets": _named_folders(hr, "synthetic") | _named_folders(real, "real"), "out_dir": out_dir,
+        "methods": method or None, "degradations": _comma_list(degradations), "metrics": _comma_list(metrics),
+        "seed": seed, "device": device,
+        "metric_settings": {key: str(value) for key, value in metric_settings.items() if value is not None} or None,
+    }
     try:
-        if config is not None:
-            settings = load_config(config, **overrides)
-            settings.datasets += datasets
-        else:
-            settings = EvalConfig(datasets=datasets, **{k: v for k, v in overrides.items() if v is not None})
-        metric_overrides = {"niqe_params_path": niqe_params, "iqa_weights_dir": iqa_weights}
-        settings.metric_settings = dataclasses.replace(
-            settings.metric_settings, **{k: v for k, v in metric_overrides.items() if v is not None}
-        )
-        run = run_evaluation(settings)
+        run = run_evaluation(load_config(config, overrides, **shortcuts))
     except (ValueError, FileNotFoundError, ImportError, MetricUnavailable) as error:
         _fail(str(error), cause=error)
     typer.echo(f"{run.computed} results computed, {run.skipped} already done; report in {run.out_dir}")
@@ -394,10 +393,6 @@ def evaluate(
 train_app = typer.Typer(help="Train the SeeSR-style teacher, distil an AddSR student with TA-ADD, or train a VAE.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
-ConfigArgument = Annotated[Path, typer.Argument(help="YAML or TOML training config (see configs/).")]
-SetOption = Annotated[list[str], typer.Option("--set", help="Override a config value: key.subkey=value.")]
-
-
 def _train(kind: str, config: Path, overrides: list[str]) -> None:
     import logging
 

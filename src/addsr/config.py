@@ -106,7 +106,8 @@ def merge_config(config: ConfigT, data: Mapping[str, Any], source: str = "config
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(
-                f"{source}: unknown key '{dotted}'{hint} Known keys here: {', '.join(sorted(known))}"
+                f"{source}: unknown key '{dotted}'{hint} The keys here: {', '.join(sorted(known))} (unknown keys are "
+                "errors, so that a misspelt key is never silently ignored)"
             )
         current = getattr(config, key)
         if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
@@ -157,7 +158,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     return _coerce_scalar(value, hint, key, source)
 
 
-SCALAR_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+SCALAR_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}
 
 
 def _coerce_scalar(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -180,6 +181,9 @@ def _coerce_scalar(value: Any, hint: Any, key: str, source: str) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
+    elif hint is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
     else:
         raise ConfigError(f"{source}: '{key}' has a type ({hint}) that config files cannot set")
     raise ConfigError(f"{source}: '{key}' must be {SCALAR_NAMES[hint]}, got {value!r}")
