@@ -398,10 +398,10 @@ def _train(kind: str, config: Path, overrides: list[str]) -> None:
 
     from . import training
 
-    config_class, run = {
-        "vae": (training.VAETrainingConfig, training.train_vae),
-        "teacher": (training.TeacherTrainingConfig, training.train_teacher),
-        "distill": (training.DistillationConfig, training.train_distill),
+    config_class, run, written = {
+        "vae": (training.VAETrainingConfig, training.train_vae, "VAE written to"),
+        "teacher": (training.TeacherTrainingConfig, training.train_teacher, "last checkpoint:"),
+        "distill": (training.DistillationConfig, training.train_distill, "last checkpoint:"),
     }[kind]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -409,7 +409,7 @@ def _train(kind: str, config: Path, overrides: list[str]) -> None:
         _check_training_files(settings)
     except (training.ConfigError, FileNotFoundError, ValueError) as error:
         _fail(str(error), cause=error)
-    typer.echo(f"last checkpoint: {run(settings)}")
+    typer.echo(f"{written} {run(settings)}")
 
 
 def _check_training_files(settings) -> None:
@@ -424,7 +424,8 @@ def _check_training_files(settings) -> None:
 
 @train_app.command("vae")
 def train_vae(config: ConfigArgument, overrides: SetOption = []) -> None:
-    """Train a small VAE from scratch (for models with no pretrained VAE, such as the small default)."""
+    """Train a small VAE from scratch (for models with no pretrained VAE, such as the small default); also under
+    `accelerate launch`, and a killed run resumes."""
     _train("vae", config, overrides)
 
 

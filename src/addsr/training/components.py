@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,9 @@ from ..model_folder import (
 )
 from ..models import ControlNet, UNet
 from ..tagging import Tagger
-from .config import DistillationModelConfig, TaggerConfig, TeacherModelConfig
+from .config import DataConfig, DistillationModelConfig, OptimizationConfig, TaggerConfig, TeacherModelConfig
+from .data import TrainingBatchMaker
+from .tags import load_cached_tags
 from .trainable import trainable_parameters
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,26 @@ def move_to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.M
     if parameter is not None and parameter.dtype != dtype:
         module.to(dtype=dtype)
     return module
+
+
+def prompt_batches(config: DataConfig, frozen: FrozenComponents) -> Callable[[list[Path]], TrainingBatchMaker]:
+    """The batch maker of teacher and distillation runs (degraded LR, prompts and their text embeddings) for a run's
+    HR images: prompts from the cached tags with ``tag_source: cache``, else from the (possibly offloaded) tagger."""
+
+    def make(images: list[Path]) -> TrainingBatchMaker:
+        cached_tags = load_cached_tags(config.tag_cache.file, images) if config.tag_source == "cache" else None
+        return TrainingBatchMaker(config, frozen.tokenizer, frozen.text_encoder, frozen.tagger, cached_tags)
+
+    return make
+
+
+def prepare_students(models: Sequence[nn.Module], frozen: FrozenComponents, optimization: OptimizationConfig) -> None:
+    """The attention kernels of the trained U-Net and ControlNet and, when asked, gradient checkpointing of them and
+    of the frozen VAE (whose decoder the TA-ADD loss back-propagates through)."""
+    set_attention(models, optimization.attention)
+    if optimization.gradient_checkpointing:
+        for model in (*models, frozen.vae):
+            model.enable_gradient_checkpointing()
 
 
 def set_attention(models: Sequence[nn.Module], kind: str) -> None:

@@ -24,6 +24,7 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 ATTENTION = ("sdpa", "eager")
 EMA_UPDATES = ("optimizer_step", "micro_step")
 TAG_SOURCES = ("tagger", "cache")
+DEVICES = ("auto", "cpu")
 
 
 # -- the configurations ----------------------------------------------------------------------------------------
@@ -74,16 +75,32 @@ class TagCacheConfig:
 
 
 @dataclass
-class DataConfig:
-    """HR training images, how they are cropped and degraded, and how prompts are made."""
+class CropConfig:
+    """HR training images and their random crops."""
 
     hr: list[str | HRSource] = field(default_factory=list)
     """Folders of HR images (searched recursively) and/or text files listing image paths, one a line; an entry may be
     ``{path: ..., first: N}`` to keep the first N images of the sorted listing."""
     crop_size: int = 512
-    """Side of the random square HR crop; a multiple of 8 and of the degradation scale."""
+    """Side of the random square HR crop; a multiple of 8 (and of the degradation scale)."""
     flip: bool = True
     """Random horizontal flips (released: yes; no rotations)."""
+    num_workers: int = 4
+    """Data loader worker processes (image decoding and cropping)."""
+
+    def __post_init__(self) -> None:
+        if self.crop_size <= 0 or self.crop_size % 8:
+            raise ValueError(f"crop_size must be a positive multiple of 8, got {self.crop_size}")
+        if any(isinstance(source, HRSource) and not source.path for source in self.hr):
+            raise ValueError("every entry of hr needs a path ({path: ..., first: N})")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be at least 0, got {self.num_workers}")
+
+
+@dataclass
+class DataConfig(CropConfig):
+    """HR training images, how they are cropped and degraded, and how prompts are made."""
+
     degradation: RealESRGANDegradationConfig = field(default_factory=RealESRGANDegradationConfig)
     """Real-ESRGAN second-order degradation that makes the LR on the fly (SPEC section 3 values)."""
     prompt_drop_probability: float = 0.5
@@ -95,25 +112,20 @@ class DataConfig:
     tags_from: Literal["hr", "lr"] = "hr"
     """With ``tag_source: tagger``, the image tagged for the prompt: the HR crop (target) or the LR."""
     tag_cache: TagCacheConfig = field(default_factory=TagCacheConfig)
-    num_workers: int = 4
-    """Data loader worker processes (image decoding and cropping)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         scale = self.degradation.scale
-        if self.crop_size <= 0 or self.crop_size % 8 or self.crop_size % scale:
+        if self.crop_size % scale:
             raise ValueError(
                 f"crop_size must be a positive multiple of 8 and of the scale {scale}, got {self.crop_size}"
             )
         if not 0.0 <= self.prompt_drop_probability <= 1.0:
             raise ValueError(f"prompt_drop_probability must be in [0, 1], got {self.prompt_drop_probability}")
-        if any(isinstance(source, HRSource) and not source.path for source in self.hr):
-            raise ValueError("every entry of hr needs a path ({path: ..., first: N})")
         _check_choice("tags_from", self.tags_from, ("hr", "lr"))
         _check_choice("tag_source", self.tag_source, TAG_SOURCES)
         if self.tag_source == "cache" and self.tag_cache.file is None:
             raise ValueError("tag_source: cache needs tag_cache.file (the JSON file `addsr train tags` writes)")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be at least 0, got {self.num_workers}")
 
 
 @dataclass
@@ -128,6 +140,8 @@ class OptimizationConfig:
     """Clip the trainable student parameters' gradient norm to this."""
     lr_warmup_steps: int = 0
     """Linear warm-up of the learning rate; 0 is the released constant rate."""
+    final_learning_rate: float | None = None
+    """After the warm-up, cosine decay from ``learning_rate`` to this at ``max_steps``; ``null``: constant (released)."""
     ema_decay: float | None = 0.99
     """EMA of the trainable weights, exported in checkpoints; ``null`` (TOML: ``"none"``) exports the raw weights."""
     ema_update: Literal["optimizer_step", "micro_step"] = "optimizer_step"
@@ -154,6 +168,8 @@ class OptimizationConfig:
     """Seeds the data order, the crops and every random draw of a step (with the process index and step)."""
     find_unused_parameters: bool = False
     """DDP's ``find_unused_parameters`` for multi-process runs, for trainable sets with unused parameters."""
+    device: Literal["auto", "cpu"] = "auto"
+    """``auto``: accelerate's choice (each process's GPU, else MPS or the CPU); ``cpu`` also where a GPU exists."""
 
     def __post_init__(self) -> None:
         _check_positive("learning_rate", self.learning_rate)
@@ -169,11 +185,16 @@ class OptimizationConfig:
         _check_choice("ema_update", self.ema_update, EMA_UPDATES)
         if self.lr_warmup_steps < 0:
             raise ValueError(f"lr_warmup_steps must be at least 0, got {self.lr_warmup_steps}")
+        if self.final_learning_rate is not None and not 0 <= self.final_learning_rate <= self.learning_rate:
+            raise ValueError(
+                f"final_learning_rate must be in [0, learning_rate] or null, got {self.final_learning_rate}"
+            )
+        _check_choice("device", self.device, DEVICES)
 
 
 @dataclass
-class OutputConfig:
-    """Where a run writes, how often it checkpoints, logs and validates, and whether it resumes."""
+class RunOutputConfig:
+    """Where a run writes, how often it checkpoints and logs, and whether it resumes."""
 
     output_dir: str = "runs/addsr"
     checkpoint_every: int = 5000
@@ -183,9 +204,22 @@ class OutputConfig:
     resume: str | None = "auto"
     """``auto``: from the newest complete checkpoint in ``output_dir``, if any; a checkpoint folder; or ``null``."""
     log_every: int = 10
+    """Optimiser steps averaged into one log point (TensorBoard, else a log line)."""
     tensorboard: bool = True
     """Write TensorBoard event files to ``output_dir/logs`` (needs the ``tensorboard`` package)."""
     progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive("checkpoint_every", self.checkpoint_every)
+        _check_positive("log_every", self.log_every)
+        if self.keep_last is not None and self.keep_last < 1:
+            raise ValueError(f"keep_last must be at least 1 or null, got {self.keep_last}")
+
+
+@dataclass
+class OutputConfig(RunOutputConfig):
+    """Where a teacher or distillation run writes, and its validation grids."""
+
     validation_every: int = 1000
     """Optimiser steps between validation grids; 0 turns validation off."""
     validation_images: list[str] = field(default_factory=list)
@@ -195,10 +229,7 @@ class OutputConfig:
     ``process_size``, ``psr_weight``, ...); the released inference's settings by default."""
 
     def __post_init__(self) -> None:
-        _check_positive("checkpoint_every", self.checkpoint_every)
-        _check_positive("log_every", self.log_every)
-        if self.keep_last is not None and self.keep_last < 1:
-            raise ValueError(f"keep_last must be at least 1 or null, got {self.keep_last}")
+        super().__post_init__()
         if self.validation_every < 0:
             raise ValueError(f"validation_every must be at least 0, got {self.validation_every}")
 
