@@ -1,4 +1,5 @@
-"""Colour correction of the restored image against the upscaled LR condition (SPEC section 2, step 8)."""
+"""Colour correction of the restored image against the upscaled LR condition, as the released inference does it
+(NJU-PCALab/AddSR `test_addsr.py`, `--align_method adain|wavelet|nofix`, with `utils/wavelet_color_fix.py`)."""
 
 from __future__ import annotations
 

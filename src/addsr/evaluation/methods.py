@@ -242,11 +242,11 @@ ADDSR_OPTIONS = {"steps": "num_steps"}
 """Spec options named otherwise than their sampler setting; any other setting goes by its own name."""
 ADDSR_FILES = {"base_model": "base_model_dir", "ram": "ram", "dape": "dape", "ram_tag_list": "ram_tag_list",
                "ram_tag_thresholds": "ram_tag_thresholds"}
-SPEC_SAMPLER_FIELDS = [f.name for f in dataclasses.fields(SamplerSettings) if f.name != "upscale"]
+SAMPLER_FIELDS = [f.name for f in dataclasses.fields(SamplerSettings) if f.name != "upscale"]
 METHOD_SPEC_HELP = (
     "bicubic | lanczos | spandrel:WEIGHTS | addsr:MODEL_DIR | addsr (the shipped default model), then optional "
     "',key=value' options: name (all); steps or any sampler setting (addsr.sampling.SamplerSettings: "
-    f"{', '.join(name for name in SPEC_SAMPLER_FIELDS if name != 'num_steps')}) and {', '.join(ADDSR_FILES)} (addsr)"
+    f"{', '.join(name for name in SAMPLER_FIELDS if name != 'num_steps')}) and {', '.join(ADDSR_FILES)} (addsr)"
 )
 
 
@@ -276,10 +276,10 @@ def parse_method(
     if kind == "spandrel" and path:
         return SpandrelMethod(path, scale, device=device, dtype=dtype, **_options(spec, items, {"name"}))
     if kind == "addsr":
-        allowed = {"name", *ADDSR_OPTIONS, *SPEC_SAMPLER_FIELDS, *ADDSR_FILES}
+        allowed = {"name", *ADDSR_OPTIONS, *SAMPLER_FIELDS, *ADDSR_FILES}
         options = _options(spec, items, allowed)
         sampler = {ADDSR_OPTIONS.get(key, key): value for key, value in options.items()
-                   if ADDSR_OPTIONS.get(key, key) in SPEC_SAMPLER_FIELDS}
+                   if ADDSR_OPTIONS.get(key, key) in SAMPLER_FIELDS}
         try:
             settings = merge_config(DEFAULT_SAMPLER, parse_overrides([f"{k}={v}" for k, v in sampler.items()]),
                                     source=f"method {spec!r}")

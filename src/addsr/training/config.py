@@ -102,7 +102,8 @@ class DataConfig(CropConfig):
     """HR training images, how they are cropped and degraded, and how prompts are made."""
 
     degradation: RealESRGANDegradationConfig = field(default_factory=RealESRGANDegradationConfig)
-    """Real-ESRGAN second-order degradation that makes the LR on the fly (SPEC section 3 values)."""
+    """Real-ESRGAN second-order degradation that makes the LR on the fly (the values of the released
+    `utils_data/make_paired_data.py`, ``args_degradation``)."""
     prompt_drop_probability: float = 0.5
     """Probability, per sample, of an empty prompt instead of the tags (released: 0.5)."""
     tag_source: Literal["tagger", "cache"] = "tagger"
@@ -141,7 +142,8 @@ class OptimizationConfig:
     lr_warmup_steps: int = 0
     """Linear warm-up of the learning rate; 0 is the released constant rate."""
     final_learning_rate: float | None = None
-    """After the warm-up, cosine decay from ``learning_rate`` to this at ``max_steps``; ``null``: constant (released)."""
+    """After the warm-up, cosine decay from ``learning_rate`` to this at ``max_steps``; ``null``: constant
+    (released)."""
     ema_decay: float | None = 0.99
     """EMA of the trainable weights, exported in checkpoints; ``null`` (TOML: ``"none"``) exports the raw weights."""
     ema_update: Literal["optimizer_step", "micro_step"] = "optimizer_step"

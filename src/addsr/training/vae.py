@@ -194,7 +194,8 @@ class VAEObjective:
     ) -> dict[str, float]:
         losses = self.model(batch, generator)
         backward(losses["total"])
-        return {"loss": losses["total"].item(), **{key: value.item() for key, value in losses.items() if key != "total"}}
+        terms = {key: value.item() for key, value in losses.items() if key != "total"}
+        return {"loss": losses["total"].item(), **terms}
 
 
 def signed_images(hr: torch.Tensor, generator: torch.Generator | None, indices: list[int]) -> torch.Tensor:
