@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+from addsr.colorfix import ColorFix
 from addsr.config import load_config
 from addsr.evaluation import parse_method
 from addsr.sampling import DEFAULT_SAMPLER, SamplerSettings, SettingError
@@ -32,8 +33,6 @@ def test_settings_are_frozen_and_resolve_steps_and_colour_fix():
     assert SamplerSettings(timesteps=[900, 100]).timestep_list() == [900, 100]
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.num_steps = 3
-    from addsr.colorfix import ColorFix
-
     assert settings.final_color_fix(ColorFix("adain", 3)) == ColorFix("wavelet", 3)
     assert DEFAULT_SAMPLER.final_color_fix(ColorFix("wavelet", 2)) == ColorFix("wavelet", 2)
 
