@@ -6,6 +6,7 @@ prompts and move models around.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -271,7 +272,7 @@ class AddSRPipeline:
         if not layout.is_single:
             logger.info("%dx%d input: %d x %d tiles of %d latent pixels (%dx%d latent), overlap %d", lr_width,
                         lr_height, *layout.grid, layout.tile, latent_size[1], latent_size[0], layout.overlap)
-        vae = TiledVAE(self.vae, layout)
+        vae = TiledVAE(self.vae, dataclasses.replace(layout, overlap=0))  # its halo gives the context
         progress = tqdm(total=len(timesteps) * len(layout.boxes), desc="AddSR", unit="tile", leave=False,
                         disable=not self.progress_bar)
         denoise = TiledDenoiser(

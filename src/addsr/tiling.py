@@ -55,12 +55,13 @@ class Box:
     def scaled(self, factor: int) -> Box:
         return Box(self.top * factor, self.left * factor, self.height * factor, self.width * factor)
 
-    def expanded(self, margin: int, height: int, width: int) -> Box:
-        """This box grown by ``margin`` on every side, clipped to a ``height`` x ``width`` grid."""
-        top, left = max(0, self.top - margin), max(0, self.left - margin)
-        bottom = min(height, self.top + self.height + margin)
-        right = min(width, self.left + self.width + margin)
-        return Box(top, left, bottom - top, right - left)
+    def widened(self, margin: int, height: int, width: int) -> Box:
+        """This box grown by ``margin`` on every side and shifted back inside a ``height`` x ``width`` grid where it
+        would cross its edge, so that every widened tile of a layout has the same size."""
+        new_height, new_width = min(height, self.height + 2 * margin), min(width, self.width + 2 * margin)
+        top = min(max(0, self.top - margin), height - new_height)
+        left = min(max(0, self.left - margin), width - new_width)
+        return Box(top, left, new_height, new_width)
 
     def within(self, outer: Box) -> Box:
         """This box in the coordinates of ``outer``, which contains it."""
@@ -186,13 +187,15 @@ def _group_statistics(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch
 
 
 def _normalise(norm: nn.GroupNorm, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """``norm`` applied to ``x`` with the given group statistics instead of ``x``'s own."""
-    flat = x.float().reshape(x.shape[0], norm.num_groups, -1)
-    normalised = ((flat - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)).reshape(x.shape)
+    """``norm`` applied to ``x`` with the given group statistics instead of ``x``'s own, as one scale and shift
+    per channel."""
+    per_group = x.shape[1] // norm.num_groups
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)
+    shift = -mean.repeat_interleave(per_group, dim=1) * scale
     if norm.affine:
-        channel_shape = (1, -1, *([1] * (x.ndim - 2)))
-        normalised = normalised * norm.weight.float().view(channel_shape) + norm.bias.float().view(channel_shape)
-    return normalised.to(x.dtype)
+        scale, shift = scale * norm.weight.float(), shift * norm.weight.float() + norm.bias.float()
+    channel_shape = (*scale.shape, *([1] * (x.ndim - 2)))
+    return torch.addcmul(shift.view(channel_shape).to(x.dtype), x, scale.view(channel_shape).to(x.dtype))
 
 
 @contextmanager
@@ -239,7 +242,8 @@ class TiledVAE:
     """The VAE run tile by tile on a :class:`TileLayout` of the latent grid, with shared group-norm statistics.
 
     Encoder tiles are widened by ``ENCODER_HALO`` image pixels and decoder tiles by ``DECODER_HALO`` latent pixels
-    where the image goes on, then cropped back and blended with Gaussian weights. Every group norm uses the
+    (shifted inwards at the image's edges, so all have one size), then cropped back and blended with Gaussian
+    weights. Every group norm uses the
     statistics of one pass over the whole input shrunk to the area of a widened tile (diffusers' ``enable_tiling``
     normalises each tile on its own, which shows as tone steps between tiles). The attention in the VAE's middle
     block sees one tile at a time."""
@@ -275,7 +279,7 @@ class TiledVAE:
         canvas = None
         with _shared_group_norms(statistics):
             for box in layout.boxes:
-                outer = box.expanded(halo, layout.height, layout.width)
+                outer = box.widened(halo, layout.height, layout.width)
                 part = function(x[(..., *outer.scaled(in_scale).slices)])
                 part = part[(..., *box.within(outer).scaled(out_scale).slices)]
                 if canvas is None:
