@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler
+from diffusers import AutoencoderKL
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tqdm.auto import tqdm
@@ -25,19 +25,31 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .colorfix import ColorFix
 from .denoiser import latent_factor, predict_noise, tagger_input
 from .devices import resolve_device, resolve_dtype
-from .diffusion import NoiseSchedule, student_timesteps
+from .diffusion import NoiseSchedule
 from .io import images_to_tensor, resize_images, tensor_to_pil
+from .model_folder import (
+    BaseComponents,
+    base_component_paths,
+    default_model_dir,
+    load_base_components,
+    load_tagger,
+    model_folders,
+    network_paths,
+    read_color_fix,
+    save_base_components,
+    write_color_fix,
+)
 from .models import ControlNet, UNet
+from .sampling import DEFAULT_SAMPLER, SamplerSettings
 from .tagging import Tagger
-from .tiling import Denoise, TiledDenoiser, TiledVAE, TileLayout, auto_tile_size, check_tiling, tiles_per_batch
+from .tiling import Denoise, TiledDenoiser, TiledVAE, TileLayout, auto_tile_size, tiles_per_batch
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ADDED_PROMPT = "clean, high-resolution, 8k, extremely detailed, best quality, sharp"
-DEFAULT_NEGATIVE_PROMPT = "dotted, noise, blur, lowres, smooth"
-BASE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
-DEFAULT_MODEL_DIR = Path(__file__).with_name("default_model")
-"""The small AddSR trained by this project and shipped in the package (docs/small-model.md)."""
+BASE_MODEL_HINT = (
+    "Pass base_model_dir (CLI: --base-model) pointing to a Stable Diffusion 2 base folder, or assemble a complete "
+    "model folder with `addsr assemble`."
+)
 ImageInput = Image.Image | np.ndarray | torch.Tensor | list
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -66,30 +78,6 @@ def build_prompt(tags: str | None, prompt: str, added_prompt: str) -> str:
     if tags is not None:
         return f"{tags}, {prompt}," + added_prompt
     return f"{prompt}," + added_prompt if prompt else added_prompt
-
-
-def save_base_components(
-    model_dir: Path, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-    schedule: NoiseSchedule, tagger: Tagger | None,
-) -> None:
-    """Write ``vae/ text_encoder/ tokenizer/ scheduler/`` and, when the tagger can save itself, ``ram/``."""
-    vae.save_pretrained(model_dir / "vae")
-    text_encoder.save_pretrained(model_dir / "text_encoder")
-    tokenizer.save_pretrained(model_dir / "tokenizer")
-    DDPMScheduler.from_config(schedule.config).save_pretrained(model_dir / "scheduler")
-    if hasattr(tagger, "save_pretrained"):
-        tagger.save_pretrained(model_dir / "ram")
-
-
-def _locate(name: str, model_dir: Path, base_model_dir: Path | None) -> Path:
-    for folder in (model_dir, base_model_dir):
-        if folder is not None and (folder / name).is_dir():
-            return folder / name
-    where = f"{model_dir}" + (f" or {base_model_dir}" if base_model_dir else "")
-    raise FileNotFoundError(
-        f"No '{name}/' folder in {where}. Pass base_model_dir (CLI: --base-model) pointing to a Stable Diffusion 2 "
-        "base folder, or assemble a complete model folder with `addsr assemble`."
-    )
 
 
 class AddSRPipeline:
@@ -137,28 +125,22 @@ class AddSRPipeline:
     ) -> AddSRPipeline:
         """Load ``model_dir`` (``unet/``, ``controlnet/``, optionally the SD2 parts and ``ram/``; default: the
         shipped small model, ``DEFAULT_MODEL_DIR``); parts it lacks come from ``base_model_dir``. The tagger is
-        ``tagger``, else built from the RAM/DAPE files, else ``model_dir/ram``. The default colour fix comes from
-        ``model_dir/color_fix.json`` when the folder has one, else it is the released AdaIN."""
-        if model_dir is None and not (DEFAULT_MODEL_DIR / "unet").is_dir():
-            raise FileNotFoundError(
-                f"the default model is missing from this installation ({DEFAULT_MODEL_DIR}): reinstall addsr, "
-                "or pass a model folder"
-            )
-        model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
-        base_model_dir = Path(base_model_dir) if base_model_dir is not None else None
-        for required in ("unet", "controlnet"):
-            if not (model_dir / required).is_dir():
-                raise FileNotFoundError(f"{model_dir} has no '{required}/' folder: is it an AddSR or SeeSR model?")
-        paths = {name: _locate(name, model_dir, base_model_dir) for name in BASE_COMPONENTS}
+        ``tagger``, else built from the RAM/DAPE files, else the first ``ram/`` of the two folders. The default
+        colour fix comes from ``model_dir/color_fix.json`` when the folder has one, else it is the released AdaIN.
+        The rules are :mod:`addsr.model_folder`'s."""
+        model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        networks = network_paths(model_dir)
+        folders = model_folders(model_dir, base_model_dir)
+        components = load_base_components(base_component_paths(folders, BASE_MODEL_HINT))
         pipe = cls(
-            unet=UNet.from_pretrained(model_dir / "unet"),
-            controlnet=ControlNet.from_pretrained(model_dir / "controlnet"),
-            vae=AutoencoderKL.from_pretrained(paths["vae"]),
-            text_encoder=CLIPTextModel.from_pretrained(paths["text_encoder"]),
-            tokenizer=CLIPTokenizer.from_pretrained(paths["tokenizer"]),
-            schedule=NoiseSchedule.from_pretrained(paths["scheduler"]),
-            tagger=tagger or _load_tagger(model_dir, ram, dape, ram_tag_list, ram_tag_thresholds),
-            color_fix=ColorFix.from_model_dir(model_dir),
+            unet=UNet.from_pretrained(networks["unet"]),
+            controlnet=ControlNet.from_pretrained(networks["controlnet"]),
+            vae=components.vae,
+            text_encoder=components.text_encoder,
+            tokenizer=components.tokenizer,
+            schedule=components.schedule,
+            tagger=tagger or load_tagger(folders, ram, dape, ram_tag_list, ram_tag_thresholds),
+            color_fix=read_color_fix(model_dir),
         )
         return pipe.to(device, dtype)
 
@@ -167,9 +149,10 @@ class AddSRPipeline:
         model_dir = Path(model_dir)
         self.unet.save_pretrained(model_dir / "unet")
         self.controlnet.save_pretrained(model_dir / "controlnet")
-        save_base_components(model_dir, self.vae, self.text_encoder, self.tokenizer, self.schedule, self.tagger)
+        components = BaseComponents(self.vae, self.text_encoder, self.tokenizer, self.schedule)
+        save_base_components(model_dir, components, self.tagger)
         if self.default_color_fix != ColorFix():
-            self.default_color_fix.save(model_dir)
+            write_color_fix(model_dir, self.default_color_fix)
         return model_dir
 
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> AddSRPipeline:
@@ -227,34 +210,45 @@ class AddSRPipeline:
     def __call__(
         self,
         image: ImageInput,
-        prompt: str | list[str] = "",
-        added_prompt: str = DEFAULT_ADDED_PROMPT,
-        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        num_steps: int = 4,
-        timesteps: list[int] | None = None,
-        psr_weight: float = 0.4,
-        start_point: Literal["lr", "noise"] = "lr",
-        guidance_scale: float = 0.0,
-        color_fix: Literal["adain", "wavelet", "none"] | None = None,
-        wavelet_levels: int | None = None,
-        upscale: int = 4,
-        process_size: int = 512,
-        conditioning_scale: float = 1.0,
-        tile: int | Literal["auto"] = "auto",
-        tile_overlap: int | None = None,
+        prompt: str | list[str] = DEFAULT_SAMPLER.prompt,
+        added_prompt: str = DEFAULT_SAMPLER.added_prompt,
+        negative_prompt: str = DEFAULT_SAMPLER.negative_prompt,
+        num_steps: int = DEFAULT_SAMPLER.num_steps,
+        timesteps: list[int] | None = DEFAULT_SAMPLER.timesteps,
+        psr_weight: float = DEFAULT_SAMPLER.psr_weight,
+        start_point: Literal["lr", "noise"] = DEFAULT_SAMPLER.start_point,
+        guidance_scale: float = DEFAULT_SAMPLER.guidance_scale,
+        color_fix: Literal["adain", "wavelet", "none"] | None = DEFAULT_SAMPLER.color_fix,
+        wavelet_levels: int | None = DEFAULT_SAMPLER.wavelet_levels,
+        upscale: int = DEFAULT_SAMPLER.upscale,
+        process_size: int = DEFAULT_SAMPLER.process_size,
+        conditioning_scale: float = DEFAULT_SAMPLER.conditioning_scale,
+        tile: int | Literal["auto"] = DEFAULT_SAMPLER.tile,
+        tile_overlap: int | None = DEFAULT_SAMPLER.tile_overlap,
         generator: Generator = None,
         output_type: Literal["pil", "np", "pt"] = "pil",
+        settings: SamplerSettings | None = None,
     ) -> AddSRPipelineOutput:
         """Restore one LR image or a batch of same-sized LR images at ``upscale`` times their size.
 
-        ``color_fix`` and ``wavelet_levels`` left at ``None`` take the model's own (``default_color_fix``).
-        ``tile`` is the side of the tiles in LR input pixels (``"auto"``: chosen for the device, 0: untiled) and
-        ``tile_overlap`` their overlap, also in LR pixels (``None``: a quarter of the tile); with one tile the
-        output is exactly the untiled one."""
-        timesteps = list(timesteps) if timesteps is not None else student_timesteps(num_steps)
-        _check_arguments(timesteps, psr_weight, start_point, output_type, self.schedule.num_train_timesteps,
-                         tile, tile_overlap)
-        final_color_fix = self.default_color_fix.replace(color_fix, wavelet_levels)
+        The sampling options are :class:`addsr.sampling.SamplerSettings`' fields, given as keywords or all at once
+        as ``settings`` (then leave the keywords at their defaults). ``color_fix`` and ``wavelet_levels`` left at
+        ``None`` take the model's own (``default_color_fix``). ``tile`` is the side of the tiles in LR input pixels
+        (``"auto"``: chosen for the device, 0: untiled) and ``tile_overlap`` their overlap, also in LR pixels
+        (``None``: a quarter of the tile); with one tile the output is exactly the untiled one."""
+        settings = _sampler_settings(
+            settings, prompt=prompt, added_prompt=added_prompt, negative_prompt=negative_prompt, num_steps=num_steps,
+            timesteps=timesteps, psr_weight=psr_weight, start_point=start_point, guidance_scale=guidance_scale,
+            color_fix=color_fix, wavelet_levels=wavelet_levels, upscale=upscale, process_size=process_size,
+            conditioning_scale=conditioning_scale, tile=tile, tile_overlap=tile_overlap,
+        )
+        timesteps = settings.timestep_list()
+        _check_call(timesteps, output_type, self.schedule.num_train_timesteps)
+        final_color_fix = settings.final_color_fix(self.default_color_fix)
+        prompt, added_prompt, negative_prompt = settings.prompt, settings.added_prompt, settings.negative_prompt
+        psr_weight, start_point, guidance_scale = settings.psr_weight, settings.start_point, settings.guidance_scale
+        upscale, process_size, conditioning_scale = settings.upscale, settings.process_size, settings.conditioning_scale
+        tile, tile_overlap = settings.tile, settings.tile_overlap
         lr = images_to_tensor(image).to(self.device)
         batch, _, lr_height, lr_width = lr.shape
         prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
@@ -364,21 +358,22 @@ def _move(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> N
     model.eval()
 
 
-def _check_arguments(
-    timesteps: list[int], psr_weight: float, start_point: str, output_type: str, num_train_timesteps: int,
-    tile: int | str, tile_overlap: int | None,
-) -> None:
-    if not timesteps or any(not 0 <= t < num_train_timesteps for t in timesteps):
-        raise ValueError(f"timesteps must be a non-empty list in [0, {num_train_timesteps}), got {timesteps}")
-    if any(a <= b for a, b in zip(timesteps, timesteps[1:])):
-        raise ValueError(f"timesteps must decrease, got {timesteps}")
-    if not 0.0 <= psr_weight <= 1.0:
-        raise ValueError(f"psr_weight must be in [0, 1], got {psr_weight}")
-    if start_point not in ("lr", "noise"):
-        raise ValueError(f"start_point must be 'lr' or 'noise', got {start_point!r}")
+def _sampler_settings(settings: SamplerSettings | None, **keywords) -> SamplerSettings:
+    """``settings``, or the settings the keywords give; both at once is an error (one would be ignored)."""
+    if settings is None:
+        return SamplerSettings(**keywords)
+    changed = sorted(name for name, value in keywords.items() if value != getattr(DEFAULT_SAMPLER, name))
+    if changed:
+        raise ValueError(f"give the sampling options as settings=... or as keywords, not both (got {changed} too)")
+    return settings
+
+
+def _check_call(timesteps: list[int], output_type: str, num_train_timesteps: int) -> None:
+    """What the settings cannot check alone: the timesteps against the model's schedule, and the output type."""
+    if any(t >= num_train_timesteps for t in timesteps):
+        raise ValueError(f"timesteps must be in [0, {num_train_timesteps}), got {timesteps}")
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-    check_tiling(tile, tile_overlap)
 
 
 def _format(images: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:
@@ -387,20 +382,3 @@ def _format(images: torch.Tensor, output_type: str) -> list[Image.Image] | np.nd
     if output_type == "np":
         return images.permute(0, 2, 3, 1).cpu().numpy()
     return tensor_to_pil(images)
-
-
-def _load_tagger(
-    model_dir: Path, ram: Any, dape: Any, tag_list: Any, tag_thresholds: Any
-) -> Tagger | None:
-    """A RAM tagger from checkpoint files, else from ``model_dir/ram``, else None."""
-    if ram is None and dape is not None:
-        raise ValueError("dape=... is loaded over RAM: pass ram=PATH_TO_ram_swin_large_14m.pth too")
-    if ram is None and not (model_dir / "ram").is_dir():
-        return None
-    from .tagging import RAMTagger
-
-    if ram is None:
-        return RAMTagger.from_pretrained(model_dir / "ram")
-    if tag_list is None:
-        raise ValueError("ram=... needs ram_tag_list=PATH (RAM's ram_tag_list.txt) as well")
-    return RAMTagger.from_checkpoints(ram, dape=dape, tag_list=tag_list, tag_thresholds=tag_thresholds)
