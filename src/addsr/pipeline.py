@@ -1,4 +1,5 @@
-"""AddSR inference: LR -> x4 HR in 1 to 4 student steps with Prediction-based Self-Refinement (SPEC section 2).
+"""AddSR inference: LR -> x4 HR in 1 to 4 student steps with Prediction-based Self-Refinement (paper Sec. 3;
+released ``pipelines/pipeline_addsr.py``, ``AddSRPipeline.__call__``, as ``test_addsr.py`` runs it).
 
 The whole algorithm is :meth:`AddSRPipeline.__call__`; the helpers above it size the condition image, build
 prompts and move models around.
@@ -63,8 +64,8 @@ class AddSRPipelineOutput:
 
 
 def condition_size(height: int, width: int, upscale: int = 4, process_size: int = 512) -> tuple[int, int]:
-    """Size of the ControlNet condition for an LR image (SPEC 2.1): short side at least
-    ``process_size / upscale`` before upscaling, then each side floored to a multiple of 8."""
+    """Size of the ControlNet condition for an LR image, as the released ``test_addsr.py`` (``main``) sizes it: short
+    side at least ``process_size / upscale`` before upscaling, then each side floored to a multiple of 8."""
     min_side = process_size // upscale
     if height < min_side or width < min_side:
         scale = min_side / min(height, width)
@@ -255,7 +256,7 @@ class AddSRPipeline:
         if len(prompts) != batch:
             raise ValueError(f"Got {len(prompts)} prompts for {batch} images")
 
-        # Condition c1: the LR image upscaled (SPEC 2.1). Tags and first embeddings: the whole original LR (2.2, 2.3).
+        # Condition c1: the LR image upscaled. Tags and first embeddings: the whole original LR (released test_addsr.py).
         condition_lr = resize_images(lr, condition_size(lr_height, lr_width, upscale, process_size)).clamp(0, 1)
         if self.tagger is not None:
             tags = self.tagger.tags(tagger_input(lr, self.tagger.input_size, "bilinear").to(self.dtype))
@@ -282,7 +283,8 @@ class AddSRPipeline:
             progress.update,
         )
 
-        # Start point (2.4). Random draws, in order: start noise, VAE posterior sample, one re-noise per later step.
+        # Start point (released: start_point "lr"). Random draws, in order: start noise, VAE posterior sample, one
+        # re-noise per later step.
         def draw_noise() -> torch.Tensor:
             shape = (batch, self.unet.config.in_channels, *latent_size)
             return randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
@@ -334,7 +336,8 @@ def sample_psr(
     psr_weight: float,
     draw_noise: Callable[[], torch.Tensor],
 ) -> torch.Tensor:
-    """AddSR's few-step sampler with Prediction-based Self-Refinement (SPEC 2.5, 2.6); returns the last z0.
+    """AddSR's few-step sampler with Prediction-based Self-Refinement (paper Eq. 2 and Sec. 3; the released
+    ``AddSRPipeline.__call__`` loop over timesteps 999, 749, 499, 249 with ``PSR_weight``); returns the last z0.
 
     ``denoise(latents, t, condition, image_embeds)`` predicts epsilon, ``decode`` maps latents to ``[0, 1]`` images
     and ``embed`` gives the image embeddings of a condition; tiling wraps them, not this loop."""
