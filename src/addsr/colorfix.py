@@ -27,7 +27,7 @@ def adain_color_fix(image: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
     """Give each channel of ``image`` the mean and standard deviation of ``reference`` (AdaIN)."""
     image_mean, image_std = _channel_mean_std(image)
     reference_mean, reference_std = _channel_mean_std(reference)
-    return ((image - image_mean) / image_std * reference_std + reference_mean).clamp(0, 1)
+    return (image - image_mean).div_(image_std).mul_(reference_std).add_(reference_mean).clamp_(0, 1)
 
 
 def wavelet_blur(images: torch.Tensor, dilation: int) -> torch.Tensor:

@@ -347,7 +347,7 @@ def sample_psr(
         latents = schedule.add_noise(predicted, draw_noise(), timestep)
         # PSR: condition on the previous estimate blended with the LR, re-embed it.
         if psr_weight != 0:
-            condition = psr_weight * decode(predicted) + (1 - psr_weight) * condition_lr
+            condition = decode(predicted).mul_(psr_weight).add_((1 - psr_weight) * condition_lr)
         image_embeds = embed(condition)
         predicted = schedule.predict_x0(latents, denoise(latents, timestep, condition, image_embeds), timestep)
     return predicted

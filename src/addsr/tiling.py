@@ -141,7 +141,7 @@ class _Canvas:
         self.weight[..., rows, cols] += weights
 
     def result(self, dtype: torch.dtype) -> torch.Tensor:
-        return (self.total / self.weight).to(dtype)
+        return self.total.div_(self.weight).to(dtype)
 
 
 def _batched(items: list, size: int) -> Iterator[list]:
