@@ -117,8 +117,10 @@ def seams(args: argparse.Namespace) -> None:
     if args.figure:
         border = (starts[1] + layout.tile) // 2 * scale  # the middle of the first overlap
         top = untiled.shape[-2] // 2 - 96
-        crops = [x[..., top:top + 192, border - 96:border + 96] for x in (untiled, tiled)]
+        crops = [x[..., top:top + 192, border - 96:border + 96].clone() for x in (untiled, tiled)]
         difference = ((crops[1] - crops[0]).abs() * 8).clamp(0, 1)
+        for crop in (*crops, difference):  # red ticks above and below the border column
+            crop[..., :6, 96] = crop[..., -6:, 96] = torch.tensor([1.0, 0.0, 0.0])[:, None]
         row = torch.cat([crops[0], torch.ones_like(crops[0][..., :4]), crops[1],
                          torch.ones_like(crops[0][..., :4]), difference], dim=-1)
         picture = tensor_to_pil(row)[0]
