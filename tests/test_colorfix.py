@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from addsr import colorfix
 from addsr.colorfix import (
     ColorFix, adain_color_fix, color_fix, wavelet_blur, wavelet_color_fix, wavelet_decompose,
 )
@@ -27,6 +28,15 @@ def test_wavelet_blur_taps_by_hand():
         for dx, wx in ((-2, 1), (0, 2), (2, 1)):
             expected[4 + dy, 4 + dx] = wy * wx / 16
     torch.testing.assert_close(blurred[0, 2], expected)
+
+
+def test_wavelet_blur_in_bands_of_rows_equals_one_pass(monkeypatch):
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 37, 23)
+    whole = [wavelet_blur(images, dilation) for dilation in (1, 4, 16)]
+    monkeypatch.setattr(colorfix, "BLUR_BAND_PIXELS", 5 * 23)  # bands of 5 rows, the last one of 2
+    for dilation, expected in zip((1, 4, 16), whole):
+        assert torch.equal(wavelet_blur(images, dilation), expected)
 
 
 def test_wavelet_split_adds_up_and_takes_the_reference_low_frequencies():
