@@ -1,5 +1,6 @@
 """The small VAE trainer (addsr.training.vae): its loss, reconstruction of any image size, the scaling factor, and a
-whole tiny run that writes the VAE, its metrics and a base-model folder."""
+whole tiny run that writes the VAE, its metrics and a base-model folder; and the small PSR decoder distilled from a
+VAE with the same loop (addsr.training.decoder)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
+from addsr.denoiser import latent_factor
+from addsr.speedups import load_small_decoder
 from addsr.training.config import ConfigError, DistillationConfig, TeacherTrainingConfig, load_config
+from addsr.training.decoder import DecoderTrainingConfig, decoder_loss, train_decoder
 from addsr.training.vae import (
     VAELossConfig,
     VAEModelConfig,
@@ -193,3 +197,36 @@ def test_train_vae_command(tmp_path):
     assert result.exit_code == 0, result.output
     assert AutoencoderKL.from_pretrained(tmp_path / "run" / "vae").config.block_out_channels == list(
         TINY_VAE["block_out_channels"])
+
+
+def test_a_tiny_decoder_distillation_imitates_the_vae_decoder(tmp_path):
+    """``addsr train decoder``: an AutoencoderTiny decoder learns the VAE's decodes of the VAE's own latents."""
+    hr = write_images(tmp_path / "hr", 3, (24, 28))
+    val = write_images(tmp_path / "val", 1, (16, 16))
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    config = load_config(None, DecoderTrainingConfig, [
+        f"model.vae={tmp_path / 'vae'}", "model.channels=8", "model.blocks_per_level=1", f"data.hr=[{hr}]",
+        "data.crop_size=16", "data.num_workers=0", "optimization.batch_size=2", "optimization.max_steps=20",
+        "optimization.learning_rate=3e-3", "optimization.device=cpu", f"output.output_dir={tmp_path / 'run'}",
+        f"output.validation_images=[{val}]", "output.progress_bar=false",
+    ])
+    vae = AutoencoderKL.from_pretrained(tmp_path / "vae")
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    torch.manual_seed(config.optimization.seed)  # as the run builds it
+    untrained = config.model.build(vae)
+    before = decoder_loss(vae, untrained, images, config.loss, torch.Generator().manual_seed(0))["total"]
+    decoder = load_small_decoder(train_decoder(config))
+    after = decoder_loss(vae, decoder, images, config.loss, torch.Generator().manual_seed(0))["total"]
+
+    assert after < before
+    assert decoder.config.scaling_factor == 1.0 and latent_factor(decoder) == latent_factor(vae)
+    assert torch.equal(decoder.encoder.layers[0].weight, untrained.encoder.layers[0].weight)  # not trained
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 20 and len(metrics["psnr_y_against_vae"]) == 1
+    assert set(metrics["seconds_per_decode"]) == {"vae", "decoder"}
+
+
+def test_decoder_distillation_needs_the_vae():
+    config = DecoderTrainingConfig()
+    with pytest.raises(ValueError, match="model.vae"):
+        train_decoder(config)

@@ -23,10 +23,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 from diffusers import AutoencoderKL
@@ -211,7 +213,7 @@ def reconstruct(vae: AutoencoderKL, image: torch.Tensor) -> torch.Tensor:
     return ((decoded[..., : image.shape[-2], : image.shape[-1]].clamp(-1, 1) + 1) / 2)
 
 
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
+def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
@@ -221,7 +223,7 @@ def reconstruction_psnr(vae: AutoencoderKL, paths: list[Path]) -> dict[str, floa
     scores = {}
     for path in paths:
         image = pil_to_tensor(load_image(path)).to(device)
-        scores[str(path)] = psnr(_to_uint8(reconstruct(vae, image)), _to_uint8(image), crop_border=0)
+        scores[str(path)] = psnr(to_uint8(reconstruct(vae, image)), to_uint8(image), crop_border=0)
     return scores
 
 
@@ -232,8 +234,9 @@ def latent_std(vae: AutoencoderKL, batches: list[torch.Tensor]) -> float:
     return float(latents.float().std())
 
 
-def save_vae(vae: AutoencoderKL, folder: Path) -> Path:
-    """Write the VAE folder under a temporary name, then swap it into place."""
+def save_vae(vae: nn.Module, folder: Path) -> Path:
+    """Write a diffusers model folder (a VAE, or ``addsr train decoder``'s small decoder) under a temporary name,
+    then swap it into place."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     vae.save_pretrained(staging)
@@ -264,34 +267,30 @@ def _spec_of(vae: AutoencoderKL) -> SmallModelSpec:
     ).spec()
 
 
-def _hr_batches(config: VAETrainingConfig) -> DataLoader:
-    dataset = HRCropDataset(list_hr_images(config.data.hr), config.data.crop_size, config.data.flip)
-    return DataLoader(
-        dataset, batch_size=config.optimization.batch_size, drop_last=True,
-        sampler=ShardedSampler(len(dataset), config.optimization.seed), num_workers=config.data.num_workers,
-    )
+def hr_batches(data: VAEDataConfig, optimization: VAEOptimizationConfig) -> Iterator[torch.Tensor]:
+    """Endless batches of random HR crops (uint8, ``[B, 3, crop, crop]``)."""
+    dataset = HRCropDataset(list_hr_images(data.hr), data.crop_size, data.flip)
+    return iter(DataLoader(
+        dataset, batch_size=optimization.batch_size, drop_last=True,
+        sampler=ShardedSampler(len(dataset), optimization.seed), num_workers=data.num_workers,
+    ))
 
 
-def train_vae(config: VAETrainingConfig) -> Path:
-    """Train the VAE as ``config`` says; return its folder ``output_dir/vae``."""
-    optimization, output = config.optimization, config.output
-    output_dir = Path(output.output_dir)
-    device = resolve_device(optimization.device)
-    torch.manual_seed(optimization.seed)
-    vae = config.model.build().to(device).train()
-    parameters = config.model.parameters_to_train(vae)
+def fit(
+    model: nn.Module, parameters: list[nn.Parameter], losses_of: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    batches: Iterator[torch.Tensor], optimization: VAEOptimizationConfig, output: VAEOutputConfig, folder: Path,
+    device: torch.device,
+) -> float:
+    """Minimise ``losses_of(images)["total"]`` over ``parameters`` for ``max_steps`` batches of ``[-1, 1]`` crops:
+    AdamW, the cosine schedule, gradient clipping; interval means of every loss term logged every ``log_every``
+    steps; ``model`` written to ``folder`` every ``checkpoint_every`` steps and at the end. Returns the seconds."""
     optimizer = torch.optim.AdamW(parameters, lr=optimization.learning_rate, betas=optimization.betas,
                                   weight_decay=optimization.weight_decay)
     schedule = learning_rate_schedule(optimizer, optimization)
-    generator = torch.Generator(device).manual_seed(optimization.seed)
-    batches = iter(_hr_batches(config))
-    save_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), output_dir / "config.yaml")  # the run starts
     started = time.perf_counter()
     interval: dict[str, list[float]] = {}
-    folder = output_dir / "vae"
-    for step in tqdm(range(1, optimization.max_steps + 1), desc="vae", disable=not output.progress_bar):
-        images = next(batches).to(device).float() / 127.5 - 1
-        losses = vae_loss(vae, images, config.loss, generator)
+    for step in tqdm(range(1, optimization.max_steps + 1), desc=folder.name, disable=not output.progress_bar):
+        losses = losses_of(next(batches).to(device).float() / 127.5 - 1)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(parameters, optimization.max_grad_norm)
@@ -304,8 +303,24 @@ def train_vae(config: VAETrainingConfig) -> Path:
             logger.info("step %d: %s", step, means)
             interval.clear()
         if step % output.checkpoint_every == 0 or step == optimization.max_steps:
-            save_vae(vae, folder)
-    train_seconds = time.perf_counter() - started
+            save_vae(model, folder)
+    return time.perf_counter() - started
+
+
+def train_vae(config: VAETrainingConfig) -> Path:
+    """Train the VAE as ``config`` says; return its folder ``output_dir/vae``."""
+    optimization, output = config.optimization, config.output
+    output_dir = Path(output.output_dir)
+    device = resolve_device(optimization.device)
+    torch.manual_seed(optimization.seed)
+    vae = config.model.build().to(device).train()
+    parameters = config.model.parameters_to_train(vae)
+    generator = torch.Generator(device).manual_seed(optimization.seed)
+    batches = hr_batches(config.data, optimization)
+    save_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), output_dir / "config.yaml")  # the run starts
+    folder = output_dir / "vae"
+    train_seconds = fit(vae, parameters, lambda images: vae_loss(vae, images, config.loss, generator), batches,
+                        optimization, output, folder, device)
 
     vae.eval()
     std = latent_std(vae, [next(batches).to(device).float() / 127.5 - 1 for _ in range(output.scale_batches)])
