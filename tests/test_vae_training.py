@@ -230,3 +230,9 @@ def test_decoder_distillation_needs_the_vae():
     config = DecoderTrainingConfig()
     with pytest.raises(ValueError, match="model.vae"):
         train_decoder(config)
+
+
+@pytest.mark.parametrize("name", ["psr-decoder.yaml", "small/psr-decoder.yaml"])
+def test_the_psr_decoder_recipes_load(name):
+    config = load_config(ROOT / "configs" / name, DecoderTrainingConfig)
+    assert config.model.vae and config.data.hr and config.output.validation_images
