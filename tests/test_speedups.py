@@ -1,7 +1,9 @@
 """Speed without surprises: the same-output speed-ups (addsr.speedups, the tagger's single pass, the prompt cache)
-leave the output as it was, and every option that changes the output is off by default."""
+leave the output as it was, every option that changes the output is off by default, float16 on a CPU warns, and
+CPU threads follow a container's quota."""
 
 import inspect
+import os
 import warnings
 
 import pytest
@@ -13,6 +15,7 @@ import addsr.pipeline
 import addsr.speedups
 from addsr import AddSRPipeline
 from addsr.cli import upscale
+from addsr.devices import available_cpus, limit_cpu_threads
 from addsr.speedups import TransposedConvUpsample2D, use_transposed_conv_upsampling
 
 from conftest import TinyTagger, build_pipe
@@ -196,3 +199,18 @@ def test_casting_says_nothing_about_modules_kept_in_float32(capfd):
     pipe.to("cpu", torch.bfloat16)
     assert "should be kept in float32" not in capfd.readouterr().err
 
+
+
+@pytest.mark.parametrize("cpu_max, expected", [("150000 100000", 2), ("50000 100000", 1), ("max 100000", None)])
+def test_threads_follow_a_container_quota(tmp_path, monkeypatch, cpu_max, expected):
+    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert available_cpus(tmp_path / "cpu.max") == (expected or 8)
+    assert available_cpus(tmp_path / "missing") == 8
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        limit_cpu_threads(tmp_path / "cpu.max")
+        assert torch.get_num_threads() == min(4, expected or 8)
+    finally:
+        torch.set_num_threads(threads)

@@ -23,7 +23,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .colorfix import ColorFix
 from .denoiser import latent_factor, predict_noise, tagger_input
-from .devices import resolve_device, resolve_dtype
+from .devices import limit_cpu_threads, resolve_device, resolve_dtype
 from .diffusion import NoiseSchedule, student_timesteps
 from .io import images_to_tensor, resize_images, tensor_to_pil
 from .models import ControlNet, UNet
@@ -184,6 +184,8 @@ class AddSRPipeline:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         warn_if_slow(self.device, self.dtype)
+        if self.device.type == "cpu":
+            limit_cpu_threads()
         vae_dtype = torch.float32 if self.dtype == torch.float16 else self.dtype
         for model in (self.unet, self.controlnet, self.text_encoder):
             _move(model, self.device, self.dtype)
