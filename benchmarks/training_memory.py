@@ -146,7 +146,7 @@ def run_case(name: str, steps: int, teacher_samples: int, ema: bool = True) -> d
     from accelerate.utils import set_seed
 
     from addsr.training import DistillationConfig, load_config
-    from addsr.training.config import merge_config
+    from addsr.config import merge_config
     from addsr.training.distill import distillation_run
 
     with tempfile.TemporaryDirectory() as folder:

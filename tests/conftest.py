@@ -18,6 +18,8 @@ SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 TEXT_DIM = 32
 IMAGE_EMBED_DIM = 16
 IMAGE_TOKENS = 5
+MAX_SHIPPED_MB = 50
+"""The size budget of the shipped default model's files."""
 
 
 def shared_path(relative: str) -> Path:

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_ram import TINY, random_dape, random_tiny_model, write_files
 
 from addsr.assemble import AssembleError, assemble_model
 from addsr.tagging import RAMTagger
+
+from ram_cases import TINY, random_dape, random_tiny_model, write_files
 
 TEXT_WIDTH = 32
 SCHEDULER = {

@@ -62,7 +62,7 @@ def test_upscale_is_reproducible_and_exits_zero(model_dir, inputs, tmp_path):
 
 
 def test_clear_errors_for_bad_options(model_dir, inputs, tmp_path, monkeypatch):
-    monkeypatch.setattr("addsr.pipeline.DEFAULT_MODEL_DIR", tmp_path / "not-installed")
+    monkeypatch.setattr("addsr.model_folder.DEFAULT_MODEL_DIR", tmp_path / "not-installed")
     result = runner.invoke(app, ["upscale", str(inputs), "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "default model is missing" in result.output
     result = runner.invoke(app, ["upscale", str(inputs), "-o", str(tmp_path / "o"), "--model", str(tmp_path)])

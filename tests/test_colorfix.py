@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from addsr.colorfix import (
-    COLOR_FIX_FILE, ColorFix, adain_color_fix, color_fix, wavelet_blur, wavelet_color_fix, wavelet_decompose,
+    ColorFix, adain_color_fix, color_fix, wavelet_blur, wavelet_color_fix, wavelet_decompose,
 )
 
 
@@ -59,20 +59,13 @@ def test_color_fix_dispatch():
         color_fix(image, reference, "histogram")
 
 
-def test_colour_fix_settings_replace_and_files(tmp_path):
-    assert ColorFix.from_model_dir(tmp_path) == ColorFix("adain", 5)
+def test_colour_fix_settings_and_replace():
     fix = ColorFix("wavelet", 3)
     assert fix.settings == {"color_fix": "wavelet", "wavelet_levels": 3}
     assert ColorFix().settings == {"color_fix": "adain"}
     assert fix.replace() == fix and fix.replace(wavelet_levels=2) == ColorFix("wavelet", 2)
     assert fix.replace("adain") == ColorFix("adain", 3)
-    assert fix.save(tmp_path) == tmp_path / COLOR_FIX_FILE
-    assert ColorFix.from_model_dir(tmp_path) == fix and [p.name for p in tmp_path.iterdir()] == [COLOR_FIX_FILE]
     image, reference = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
     assert torch.equal(fix(image, reference), wavelet_color_fix(image, reference, 3))
-    for bad in ("[1]", "{not json", '{"method": "wavelet", "wavelet_levels": 0}', '{"levels": 3}'):
-        (tmp_path / COLOR_FIX_FILE).write_text(bad)
-        with pytest.raises(ValueError, match="is not a valid colour fix"):
-            ColorFix.from_model_dir(tmp_path)
     with pytest.raises(ValueError, match="adain, wavelet, none"):
         ColorFix("histogram")

@@ -3,7 +3,6 @@
 import numpy as np
 import torch
 from PIL import Image
-from test_ram import TINY, random_tiny_model, write_files
 from typer.testing import CliRunner
 
 from addsr import AddSRPipeline
@@ -12,6 +11,7 @@ from addsr.cli import app
 from addsr.io import load_image
 
 from conftest import build_pipe
+from ram_cases import TINY, random_tiny_model, write_files
 
 
 def test_assembled_folder_upscales_from_the_command_line_alone(tmp_path):

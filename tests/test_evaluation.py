@@ -149,7 +149,7 @@ def test_parse_method_specs(tmp_path):
     model_dir.mkdir()
     method = parse_method(f"addsr:{model_dir},steps=1,psr_weight=0.2,color_fix=wavelet", device="cpu")
     assert isinstance(method, AddSRMethod) and method.name == "addsr-small-1step"
-    assert (method.num_steps, method.psr_weight, method.color_fix.method) == (1, 0.2, "wavelet")
+    assert (method.sampler.num_steps, method.sampler.psr_weight, method.color_fix.method) == (1, 0.2, "wavelet")
     assert method.settings["wavelet_levels"] == 5
     assert parse_method(f"addsr:{model_dir},color_fix=wavelet,wavelet_levels=3").settings["wavelet_levels"] == 3
     assert "wavelet_levels" not in parse_method(f"addsr:{model_dir}").settings

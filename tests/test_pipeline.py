@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from addsr import AddSRPipeline
-from addsr.colorfix import COLOR_FIX_FILE, ColorFix, adain_color_fix, wavelet_color_fix
+from addsr.colorfix import ColorFix, adain_color_fix, wavelet_color_fix
 from addsr.io import resize_images
+from addsr.model_folder import COLOR_FIX_FILE
 from addsr.pipeline import build_prompt, condition_size
 
 from conftest import TinyTagger
@@ -98,7 +99,8 @@ def test_image_embeddings_are_recomputed_for_each_psr_step(tiny_pipe):
 
 
 def test_matches_a_step_by_step_reading_of_the_spec(tiny_pipe):
-    """SPEC section 2 written out directly with the models, two steps, PSR weight 0.4, AdaIN."""
+    """The released sampler (`pipelines/pipeline_addsr.py`, `AddSRPipeline.__call__`) written out directly with the
+    models, two steps, PSR weight 0.4, AdaIN."""
     pipe, lr, weight = tiny_pipe, lr_image(16, 24), 0.4
     generator = torch.Generator().manual_seed(3)
     c1 = resize_images(lr, (64, 96))

@@ -18,17 +18,18 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from addsr.cli import app
+from addsr.config import config_to_dict, merge_config
 from addsr.degradations import ops
 from addsr.training import DistillationConfig, TeacherTrainingConfig, load_config, train_distill, train_teacher
 from addsr.training.components import set_attention
-from addsr.training.config import DataConfig, HRSource, TagCacheConfig, config_to_dict, merge_config
+from addsr.training.config import DataConfig, HRSource, TagCacheConfig
 from addsr.training.data import TrainingBatchMaker, list_hr_images
 from addsr.training.offload import OffloadedTagger
 from addsr.training.runner import eight_bit_adamw
 from addsr.training.tags import TagCacheError, load_cached_tags, write_tag_cache
 
 from conftest import tiny_controlnet, tiny_text_encoder, tiny_tokenizer, tiny_unet
-from test_training import CROP, Workspace, assert_upscales, build_workspace, trainable_state
+from training_cases import CROP, Workspace, assert_upscales, build_workspace, trainable_state
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from addsr import AddSRPipeline
-from addsr.pipeline import DEFAULT_ADDED_PROMPT
+from addsr.sampling import DEFAULT_ADDED_PROMPT
 
 from conftest import build_pipe
 

@@ -74,7 +74,7 @@ def plain_pipe(monkeypatch, **kwargs) -> AddSRPipeline:
 
 @pytest.mark.parametrize("tile", [0, 8])
 def test_the_speedups_leave_the_output_unchanged(monkeypatch, tile):
-    monkeypatch.setattr(addsr.speedups, "TRANSPOSED_UPSAMPLING_MIN_CHANNELS", 1)  # the tiny models are narrow
+    monkeypatch.setattr(addsr.speedups, "WIDE_CHANNELS", 1)  # the tiny models are narrow
     plain, fast = plain_pipe(monkeypatch), build_pipe()
     assert fast.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert any(type(module) is TransposedConvUpsample2D for module in fast.vae.modules())
@@ -84,7 +84,14 @@ def test_the_speedups_leave_the_output_unchanged(monkeypatch, tile):
     assert (result - expected).abs().max() <= 1e-4
 
 
+def test_narrow_models_such_as_the_shipped_one_are_left_as_they_are():
+    pipe = build_pipe()
+    assert not any(type(module) is TransposedConvUpsample2D for module in pipe.unet.modules())
+    assert pipe.vae.decoder.conv_in.weight.is_contiguous()
+
+
 def test_off_the_measured_devices_models_are_left_as_they_are(monkeypatch):
+    monkeypatch.setattr(addsr.speedups, "WIDE_CHANNELS", 1)
     monkeypatch.setattr(addsr.speedups, "MEASURED_DEVICES", ())
     pipe = build_pipe()
     assert not any(type(module) is TransposedConvUpsample2D for module in pipe.unet.modules())
@@ -159,7 +166,8 @@ def test_a_psr_decoder_decodes_the_psr_conditions_and_the_vae_the_image():
         pipe.use_psr_decoder(tiny_decoder(upsamplings=2))
 
 
-def test_a_psr_decoder_folder_loads(tmp_path):
+def test_a_psr_decoder_folder_loads_with_the_speedups(tmp_path, monkeypatch):
+    monkeypatch.setattr(addsr.speedups, "WIDE_CHANNELS", 1)
     tiny_decoder().save_pretrained(tmp_path / "decoder")
     pipe = build_pipe().use_psr_decoder(tmp_path / "decoder")
     assert isinstance(pipe.psr_decoder, AutoencoderTiny)
@@ -198,7 +206,6 @@ def test_casting_says_nothing_about_modules_kept_in_float32(capfd):
     capfd.readouterr()
     pipe.to("cpu", torch.bfloat16)
     assert "should be kept in float32" not in capfd.readouterr().err
-
 
 
 @pytest.mark.parametrize("cpu_max, expected", [("150000 100000", 2), ("50000 100000", 1), ("max 100000", None)])

@@ -59,10 +59,11 @@ def test_layout_boxes_cover_the_grid_and_whole_is_one_tile():
         TileLayout(30, 45, 16, 16)
 
 
-def test_box_expansion_is_clipped_to_the_grid():
-    box = Box(0, 10, 8, 8).expanded(3, 20, 20)
-    assert box == Box(0, 7, 11, 13)
-    assert Box(2, 12, 8, 8).within(box) == Box(2, 5, 8, 8)
+def test_widened_boxes_keep_one_size_inside_the_grid():
+    assert Box(0, 10, 8, 8).widened(3, 20, 20) == Box(0, 6, 14, 14)  # shifted away from the top and right edges
+    assert Box(12, 12, 8, 8).widened(3, 20, 20) == Box(6, 6, 14, 14)
+    assert Box(0, 0, 8, 8).widened(3, 10, 20) == Box(0, 0, 10, 14)  # no more room than the grid
+    assert Box(2, 12, 8, 8).within(Box(0, 6, 14, 14)) == Box(2, 6, 8, 8)
 
 
 def test_gaussian_weights_peak_in_the_middle_and_are_symmetric():
@@ -202,3 +203,12 @@ def test_bad_tile_arguments_are_refused(tiny_pipe):
 def test_largest_fitting_side():
     assert largest_fitting_side(100 * 100 * 1000.0, 1000.0) == 100
     assert largest_fitting_side(10.0, 1000.0) == 8
+
+
+def test_auto_tiles_large_latents_on_a_cpu_and_leaves_small_ones_whole(tiny_pipe):
+    from addsr.tiling import CPU_TILE, CPU_UNTILED_SIDE
+
+    large = CPU_UNTILED_SIDE + 8
+    layout = tiny_pipe.tile_layout((large // 2, large // 2), (large, large), "auto")
+    assert layout.tile == CPU_TILE and layout.overlap == CPU_TILE // 4 and not layout.is_single
+    assert tiny_pipe.tile_layout((CPU_UNTILED_SIDE // 2,) * 2, (CPU_UNTILED_SIDE,) * 2, "auto").is_single

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from test_training import build_workspace, model_weights, selected_by
 
 from addsr import AddSRPipeline
 from addsr.training import DEFAULT_TRAINABLE
-from addsr.training.config import config_to_dict
+from addsr.config import config_to_dict
+
+from training_cases import build_workspace, model_weights, selected_by
 
 TESTS = Path(__file__).resolve().parent
 
@@ -24,8 +25,9 @@ import os
 import sys
 from pathlib import Path
 
-import test_training  # registers the tiny discriminator backbones with timm
-from addsr.training.config import DistillationConfig, load_config
+import training_cases  # registers the tiny discriminator backbones with timm
+from addsr.config import load_config
+from addsr.training.config import DistillationConfig
 from addsr.training.distill import train_distill
 
 checkpoint = train_distill(load_config(sys.argv[1], DistillationConfig))

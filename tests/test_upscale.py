@@ -3,9 +3,10 @@ import pytest
 from PIL import Image
 
 from addsr.io import ImageFileError, read_image
+from addsr.sampling import SamplerSettings
 from addsr.upscale import BatchSettings, UpscaleSettings, output_name, plan_batch, upscale_batch, upscale_file
 
-FAST = UpscaleSettings(num_steps=1, seed=0)
+FAST = UpscaleSettings(SamplerSettings(num_steps=1), seed=0)
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ VAE with the same loop (addsr.training.decoder)."""
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +15,17 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
+from addsr.config import ConfigError, load_config
 from addsr.denoiser import latent_factor
 from addsr.speedups import load_small_decoder
-from addsr.training.config import ConfigError, DistillationConfig, TeacherTrainingConfig, load_config
+from addsr.training.config import DistillationConfig, OptimizationConfig, TeacherTrainingConfig
 from addsr.training.decoder import DecoderTrainingConfig, decoder_loss, train_decoder
+from addsr.training.runner import learning_rate_schedule
 from addsr.training.vae import (
     VAELossConfig,
     VAEModelConfig,
-    VAEOptimizationConfig,
     VAETrainingConfig,
     image_gradients,
-    learning_rate_schedule,
     reconstruct,
     train_vae,
     vae_loss,
@@ -162,7 +164,7 @@ def test_small_configs_chain_their_outputs():
 
 @pytest.mark.parametrize(("final", "decays"), [(1e-4, True), (None, False)])
 def test_learning_rate_schedule(final, decays):
-    config = VAEOptimizationConfig(learning_rate=1e-3, final_learning_rate=final, max_steps=4)
+    config = OptimizationConfig(learning_rate=1e-3, final_learning_rate=final, max_steps=4)
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.learning_rate)
     schedule = learning_rate_schedule(optimizer, config)
     rates = []
@@ -197,6 +199,34 @@ def test_train_vae_command(tmp_path):
     assert result.exit_code == 0, result.output
     assert AutoencoderKL.from_pretrained(tmp_path / "run" / "vae").config.block_out_channels == list(
         TINY_VAE["block_out_channels"])
+
+
+def test_a_killed_run_resumes_through_the_shared_runner(tmp_path, caplog):
+    """The VAE trains in the shared loop: checkpoints with their training state, and a resumed run ends where an
+    uninterrupted one does."""
+    hr = write_images(tmp_path / "hr", 3, (24, 28))
+
+    def run(output: str, steps: int):
+        return train_vae(load_config(None, VAETrainingConfig, [
+            f"model.block_out_channels={TINY_VAE['block_out_channels']}", "model.norm_groups=8", f"data.hr=[{hr}]",
+            "data.crop_size=16", "data.num_workers=0", "optimization.batch_size=2", f"optimization.max_steps={steps}",
+            "optimization.learning_rate=3e-3", "optimization.final_learning_rate=1e-3", "optimization.device=cpu",
+            f"output.output_dir={tmp_path / output}", "output.checkpoint_every=2", "output.scale_batches=1",
+            "output.progress_bar=false",
+        ]))
+
+    run("whole", 4)
+    run("resumed", 4)
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-000004")  # as if killed after the step-2 checkpoint
+    with caplog.at_level(logging.INFO, logger="addsr.training.runner"):
+        run("resumed", 4)
+    assert f"Resumed from {tmp_path / 'resumed' / 'checkpoints' / 'step-000002'} at step 2" in caplog.text
+    for name in ("whole", "resumed"):
+        assert (tmp_path / name / "checkpoints" / "step-000004" / "training_state" / "state.json").is_file()
+    whole, resumed = (AutoencoderKL.from_pretrained(tmp_path / name / "checkpoints" / "step-000004" / "vae")
+                      for name in ("whole", "resumed"))
+    for key, weight in whole.state_dict().items():
+        assert torch.equal(weight, resumed.state_dict()[key]), key
 
 
 def test_a_tiny_decoder_distillation_imitates_the_vae_decoder(tmp_path):

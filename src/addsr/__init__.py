@@ -2,7 +2,8 @@
 
 from .colorfix import ColorFix, adain_color_fix, color_fix, wavelet_color_fix
 from .diffusion import STUDENT_TIMESTEPS, NoiseSchedule, student_timesteps
-from .pipeline import DEFAULT_MODEL_DIR, AddSRPipeline, AddSRPipelineOutput
+from .model_folder import DEFAULT_MODEL_DIR
+from .pipeline import AddSRPipeline, AddSRPipelineOutput
 
 __version__ = "0.1.0"
 

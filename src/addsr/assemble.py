@@ -1,11 +1,7 @@
-"""Gather everything AddSR (or SeeSR) needs into one model folder, checking every part first.
-
-Layout of the result::
-
-    MODEL_DIR/unet/ controlnet/                       from the AddSR (or SeeSR) folder
-    MODEL_DIR/vae/ text_encoder/ tokenizer/ scheduler/  from the Stable Diffusion 2 base folder
-    MODEL_DIR/ram/                                    RAMTagger.save_pretrained (RAM + merged DAPE)
-    MODEL_DIR/manifest.json                           every file: path, role, sha256, size
+"""Gather everything AddSR (or SeeSR) needs into one model folder (:mod:`addsr.model_folder`), checking every part
+first: ``unet/ controlnet/`` from the AddSR (or SeeSR) folder, ``vae/ text_encoder/ tokenizer/ scheduler/`` from the
+Stable Diffusion 2 base folder, ``ram/`` (RAM with DAPE merged) and ``manifest.json`` (every file: path, role,
+sha256, size).
 """
 
 import hashlib
@@ -22,10 +18,9 @@ import torch
 from safetensors import safe_open
 
 from .io import update_hash
+from .model_folder import BASE_COMPONENTS, NETWORKS, TAGGER_FOLDER, write_manifest
 from .tagging import RAMConfig, RAMFileError, RAMTagger
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "addsr-model-folder"
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # A CLIP tokenizer is saved either as BPE files (Stable Diffusion 2 base) or as one tokenizer.json (transformers 5).
@@ -204,15 +199,20 @@ def _check_together(parts: dict[str, _Part]) -> list[str]:
     return [f"{a} ({x}) differs from {b} ({y})" for a, x, b, y in pairs if x != y]
 
 
+PART_FILES = {
+    "unet": {"weight_names": DIFFUSERS_WEIGHTS},
+    "controlnet": {"weight_names": DIFFUSERS_WEIGHTS},
+    "vae": {"weight_names": DIFFUSERS_WEIGHTS},
+    "text_encoder": {"weight_names": TRANSFORMERS_WEIGHTS},
+    "tokenizer": {"config_name": None},
+    "scheduler": {"config_name": "scheduler_config.json"},
+}
+
+
 def _parts(base: Path, model: Path) -> dict[str, _Part]:
-    return {
-        "unet": _Part("unet", model / "unet", weight_names=DIFFUSERS_WEIGHTS),
-        "controlnet": _Part("controlnet", model / "controlnet", weight_names=DIFFUSERS_WEIGHTS),
-        "vae": _Part("vae", base / "vae", weight_names=DIFFUSERS_WEIGHTS),
-        "text_encoder": _Part("text_encoder", base / "text_encoder", weight_names=TRANSFORMERS_WEIGHTS),
-        "tokenizer": _Part("tokenizer", base / "tokenizer", config_name=None),
-        "scheduler": _Part("scheduler", base / "scheduler", config_name="scheduler_config.json"),
-    }
+    """The model folder's parts: the networks from ``model``, the rest from ``base``."""
+    sources = {name: model for name in NETWORKS} | {name: base for name in BASE_COMPONENTS}
+    return {name: _Part(name, folder / name, **PART_FILES[name]) for name, folder in sources.items()}
 
 
 def _check_parts(parts: dict[str, _Part], image_embed_dim: int) -> list[str]:
@@ -318,18 +318,14 @@ def _write(out: Path, parts: dict[str, _Part], tagger: RAMTagger, sources: dict)
             for source, role in part.files():
                 sha256, size = _copy_hashed(source, staging / name / source.name)
                 entries.append({"path": f"{name}/{source.name}", "role": role, "sha256": sha256, "size": size})
-        tagger.save_pretrained(staging / "ram")
-        for path in sorted((staging / "ram").iterdir()):
+        tagger.save_pretrained(staging / TAGGER_FOLDER)
+        for path in sorted((staging / TAGGER_FOLDER).iterdir()):
             role, sha256, size = RAM_ROLES[path.name], _sha256(path), path.stat().st_size
-            entries.append({"path": f"ram/{path.name}", "role": role, "sha256": sha256, "size": size})
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "version": 1,
-            "sources": {name: _source_record(path) for name, path in sources.items()},
-            "ram_load_reports": [report.summary() for report in tagger.load_reports],
-            "files": entries,
-        }
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            entries.append({"path": f"{TAGGER_FOLDER}/{path.name}", "role": role, "sha256": sha256, "size": size})
+        write_manifest(
+            staging, entries, sources={name: _source_record(path) for name, path in sources.items()},
+            ram_load_reports=[report.summary() for report in tagger.load_reports],
+        )
         _replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -12,9 +12,11 @@ import typer
 from typer.core import TyperGroup
 
 from .io import DEFAULT_MAX_PIXELS
+from .sampling import DEFAULT_SAMPLER
 
 if TYPE_CHECKING:
     from .pipeline import AddSRPipeline
+    from .sampling import SamplerSettings
     from .upscale import BatchPlan, UpscaleReport, UpscaleSettings
 
 
@@ -91,30 +93,50 @@ def _fail(message: str, code: int = 2, cause: Exception | None = None) -> NoRetu
     raise CommandError(message, code, cause)
 
 
+SAMPLER_OPTIONS = {"num_steps": "--steps"}
+"""Sampler settings whose option is not named after the field."""
+
+
+def _sampler_settings(tile: str, **values) -> SamplerSettings:
+    """The sampler settings of the options (``tile`` as typed), or a one-line error naming the option at fault."""
+    from .sampling import SamplerSettings, SettingError
+    from .tiling import parse_tile
+
+    try:
+        return SamplerSettings(tile=parse_tile(tile), **values)
+    except SettingError as error:
+        option = SAMPLER_OPTIONS.get(error.name, "--" + error.name.replace("_", "-"))
+        _fail(f"{option}: {error}", cause=error)
+    except ValueError as error:
+        _fail(f"--tile: {error}", cause=error)
+
+
 @app.command()
 def upscale(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG, JPEG, WebP, TIFF).")],
     out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Folder for the upscaled images.")],
     model: ModelOption = None,
     base_model: BaseOption = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, max=4, help="Student steps (1 to 4).")] = 4,
-    psr_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="PSR blend weight; 0 turns PSR off.")] = 0.4,
-    prompt: Annotated[str, typer.Option(help="Extra words for the text prompt.")] = "",
+    steps: Annotated[int, typer.Option("--steps", help="Student steps (1 to 4).")] = DEFAULT_SAMPLER.num_steps,
+    psr_weight: Annotated[float, typer.Option(help="PSR blend weight; 0 turns PSR off.")] = DEFAULT_SAMPLER.psr_weight,
+    prompt: Annotated[str, typer.Option(help="Extra words for the text prompt.")] = DEFAULT_SAMPLER.prompt,
     color_fix: Annotated[
         Optional[str], typer.Option(help="adain, wavelet or none; default: the model's own (adain if it names none).")
-    ] = None,
+    ] = DEFAULT_SAMPLER.color_fix,
     wavelet_levels: Annotated[
         Optional[int],
-        typer.Option(min=1, help="Levels of the wavelet fix (released: 5); fewer take finer detail from the LR."),
-    ] = None,
-    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance; off at <= 1.")] = 0.0,
+        typer.Option(help="Levels of the wavelet fix (released: 5); fewer take finer detail from the LR."),
+    ] = DEFAULT_SAMPLER.wavelet_levels,
+    guidance_scale: Annotated[
+        float, typer.Option(help="Classifier-free guidance; off at <= 1.")
+    ] = DEFAULT_SAMPLER.guidance_scale,
     seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible results.")] = None,
     tile: Annotated[
         str, typer.Option(help="Tile side in input pixels: auto (chosen for the device), or 0 for no tiling.")
-    ] = "auto",
+    ] = str(DEFAULT_SAMPLER.tile),
     tile_overlap: Annotated[
-        Optional[int], typer.Option(min=0, help="Overlap of neighbouring tiles in input pixels; default: tile / 4.")
-    ] = None,
+        Optional[int], typer.Option(help="Overlap of neighbouring tiles in input pixels; default: tile / 4.")
+    ] = DEFAULT_SAMPLER.tile_overlap,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     dtype: Annotated[
         str, typer.Option(help="auto (float32 on a CPU, float16 on a GPU), float32, bfloat16 or float16.")
@@ -151,20 +173,16 @@ def upscale(
     """Upscale images x4 into OUT_DIR, keeping alpha, 16 bits, grey, orientation and colour profile.
 
     Under `accelerate launch -m addsr upscale ...` the files are shared out between the processes."""
-    from .colorfix import COLOR_FIXES
     from .devices import resolve_device, resolve_dtype
-    from .tiling import parse_tile
     from .upscale import BatchSettings, UpscaleSettings, plan_batch
 
-    if color_fix is not None and color_fix not in COLOR_FIXES:
-        _fail(f"--color-fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
+    sampler = _sampler_settings(
+        tile, num_steps=steps, psr_weight=psr_weight, prompt=prompt, color_fix=color_fix,
+        wavelet_levels=wavelet_levels, guidance_scale=guidance_scale, tile_overlap=tile_overlap,
+    )
     try:
-        settings = UpscaleSettings(
-            num_steps=steps, psr_weight=psr_weight, prompt=prompt, color_fix=color_fix,
-            wavelet_levels=wavelet_levels, guidance_scale=guidance_scale, seed=seed, tile=parse_tile(tile),
-            tile_overlap=tile_overlap, alpha=alpha, max_pixels=max_pixels or None, quality=quality,
-            save_prompt=save_prompt,
-        )
+        settings = UpscaleSettings(sampler, seed=seed, alpha=alpha, max_pixels=max_pixels or None, quality=quality,
+                                   save_prompt=save_prompt)
         batch = BatchSettings(ext=ext, suffix=suffix, overwrite=overwrite, recursive=recursive)
         resolve_dtype(dtype, resolve_device(device))
     except ValueError as error:
@@ -339,21 +357,25 @@ def _comma_list(text: str | None) -> list[str] | None:
     return [item.strip() for item in text.split(",") if item.strip()] if text else None
 
 
-def _named_folders(values: list[str], kind: str) -> list:
-    from .evaluation import DatasetSpec
-
-    specs = []
+def _named_folders(values: list[str], kind: str) -> dict[str, dict[str, str]]:
+    """``NAME=FOLDER`` options as config ``datasets`` entries."""
+    datasets = {}
     for value in values:
         name, separator, folder = value.partition("=")
         if not separator:
             _fail(f"expected NAME=FOLDER, got {value!r}")
-        specs.append(DatasetSpec(name, Path(folder), kind))
-    return specs
+        datasets[name] = {"path": folder, "kind": kind}
+    return datasets
+
+
+ConfigArgument = Annotated[Path, typer.Argument(help="YAML or TOML config (see configs/).")]
+SetOption = Annotated[list[str], typer.Option("--set", help="Override a config value: key.subkey=value.")]
 
 
 @app.command(name="eval")
 def evaluate(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML evaluation config (see configs/).")] = None,
+    config: Annotated[Optional[Path], typer.Argument(help="YAML or TOML evaluation config (see configs/).")] = None,
+    overrides: SetOption = [],
     hr: Annotated[list[str], typer.Option(help="NAME=FOLDER of HR images (synthetic degradations).")] = [],
     real: Annotated[list[str], typer.Option(help="NAME=FOLDER of real LR images (no-reference metrics).")] = [],
     method: Annotated[list[str], typer.Option("-m", "--method", help="bicubic, lanczos, spandrel:PATH, addsr:DIR[,steps=N,...].")] = [],
@@ -361,30 +383,27 @@ def evaluate(
     degradations: Annotated[Optional[str], typer.Option(help="Comma-separated: bicubic,blur,noise,noise_jpeg.")] = None,
     metrics: Annotated[Optional[str], typer.Option(help="Comma-separated, e.g. psnr,ssim,niqe,lpips.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of degradations and sampling.")] = None,
-    niqe_params: Annotated[Optional[Path], typer.Option(help="NIQE pristine parameters (.npz).")] = None,
+    niqe_params: Annotated[
+        Optional[Path], typer.Option(help="NIQE pristine parameters (.npz); default: the copy shipped with addsr.")
+    ] = None,
     iqa_weights: Annotated[Optional[Path], typer.Option(help="Folder of pyiqa weights (torch hub layout).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")] = None,
 ) -> None:
-    """Benchmark methods under the paper's protocol: tables, per-image JSON, grids and a plot."""
-    import dataclasses
+    """Benchmark methods under the paper's protocol: tables, per-image JSON, grids and a plot.
 
-    from .evaluation import EvalConfig, evaluate as run_evaluation, load_config
+    The options are shortcuts for config keys (--hr and --real add to `datasets`); --set sets any key."""
+    from .evaluation import evaluate as run_evaluation, load_config
     from .metrics import MetricUnavailable
 
-    overrides = {"out_dir": out_dir, "methods": method or None, "degradations": _comma_list(degradations),
-                 "metrics": _comma_list(metrics), "seed": seed, "device": device}
-    datasets = _named_folders(hr, "synthetic") + _named_folders(real, "real")
+    metric_settings = {"niqe_params_path": niqe_params, "iqa_weights_dir": iqa_weights}
+    shortcuts = {
+        "datasets": _named_folders(hr, "synthetic") | _named_folders(real, "real"), "out_dir": out_dir,
+        "methods": method or None, "degradations": _comma_list(degradations), "metrics": _comma_list(metrics),
+        "seed": seed, "device": device,
+        "metric_settings": {key: str(value) for key, value in metric_settings.items() if value is not None} or None,
+    }
     try:
-        if config is not None:
-            settings = load_config(config, **overrides)
-            settings.datasets += datasets
-        else:
-            settings = EvalConfig(datasets=datasets, **{k: v for k, v in overrides.items() if v is not None})
-        metric_overrides = {"niqe_params_path": niqe_params, "iqa_weights_dir": iqa_weights}
-        settings.metric_settings = dataclasses.replace(
-            settings.metric_settings, **{k: v for k, v in metric_overrides.items() if v is not None}
-        )
-        run = run_evaluation(settings)
+        run = run_evaluation(load_config(config, overrides, **shortcuts))
     except (ValueError, FileNotFoundError, ImportError, MetricUnavailable) as error:
         _fail(str(error), cause=error)
     typer.echo(f"{run.computed} results computed, {run.skipped} already done; report in {run.out_dir}")
@@ -394,8 +413,6 @@ train_app = typer.Typer(help="Train the SeeSR-style teacher, distil an AddSR stu
                         "distil a small PSR decoder.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
-ConfigArgument = Annotated[Path, typer.Argument(help="YAML or TOML training config (see configs/).")]
-SetOption = Annotated[list[str], typer.Option("--set", help="Override a config value: key.subkey=value.")]
 
 
 def _train(kind: str, config: Path, overrides: list[str]) -> None:
@@ -403,11 +420,11 @@ def _train(kind: str, config: Path, overrides: list[str]) -> None:
 
     from . import training
 
-    config_class, run = {
-        "vae": (training.VAETrainingConfig, training.train_vae),
-        "teacher": (training.TeacherTrainingConfig, training.train_teacher),
-        "distill": (training.DistillationConfig, training.train_distill),
-        "decoder": (training.DecoderTrainingConfig, training.train_decoder),
+    config_class, run, written = {
+        "vae": (training.VAETrainingConfig, training.train_vae, "VAE written to"),
+        "teacher": (training.TeacherTrainingConfig, training.train_teacher, "last checkpoint:"),
+        "distill": (training.DistillationConfig, training.train_distill, "last checkpoint:"),
+        "decoder": (training.DecoderTrainingConfig, training.train_decoder, "decoder written to"),
     }[kind]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -415,7 +432,7 @@ def _train(kind: str, config: Path, overrides: list[str]) -> None:
         _check_training_files(settings)
     except (training.ConfigError, FileNotFoundError, ValueError) as error:
         _fail(str(error), cause=error)
-    typer.echo(f"last checkpoint: {run(settings)}")
+    typer.echo(f"{written} {run(settings)}")
 
 
 def _check_training_files(settings) -> None:
@@ -430,7 +447,8 @@ def _check_training_files(settings) -> None:
 
 @train_app.command("vae")
 def train_vae(config: ConfigArgument, overrides: SetOption = []) -> None:
-    """Train a small VAE from scratch (for models with no pretrained VAE, such as the small default)."""
+    """Train a small VAE from scratch (for models with no pretrained VAE, such as the small default); also under
+    `accelerate launch`, and a killed run resumes."""
     _train("vae", config, overrides)
 
 

@@ -1,19 +1,15 @@
-"""Colour correction of the restored image against the upscaled LR condition (SPEC section 2, step 8)."""
+"""Colour correction of the restored image against the upscaled LR condition, as the released inference does it
+(NJU-PCALab/AddSR `test_addsr.py`, `--align_method adain|wavelet|nofix`, with `utils/wavelet_color_fix.py`)."""
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 WAVELET_LEVELS = 5
-COLOR_FIX_FILE = "color_fix.json"
-"""A model folder's own colour fix (``ColorFix`` fields as JSON); without it the model uses the released AdaIN."""
 
 
 def check_wavelet_levels(levels: int) -> None:
@@ -31,7 +27,7 @@ def adain_color_fix(image: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
     """Give each channel of ``image`` the mean and standard deviation of ``reference`` (AdaIN)."""
     image_mean, image_std = _channel_mean_std(image)
     reference_mean, reference_std = _channel_mean_std(reference)
-    return ((image - image_mean) / image_std * reference_std + reference_mean).clamp(0, 1)
+    return (image - image_mean).div_(image_std).mul_(reference_std).add_(reference_mean).clamp_(0, 1)
 
 
 def wavelet_blur(images: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -111,24 +107,3 @@ class ColorFix:
         """What decides the output: the method, and the levels for ``wavelet``."""
         levels = {"wavelet_levels": self.wavelet_levels} if self.method == "wavelet" else {}
         return {"color_fix": self.method, **levels}
-
-    @classmethod
-    def from_model_dir(cls, model_dir: str | Path) -> ColorFix:
-        """The fix named in ``model_dir/color_fix.json``, else the released default (AdaIN)."""
-        path = Path(model_dir) / COLOR_FIX_FILE
-        if not path.is_file():
-            return cls()
-        try:
-            fields = json.loads(path.read_text())
-            return cls(**fields)
-        except (json.JSONDecodeError, TypeError, ValueError) as error:
-            raise ValueError(f"{path} is not a valid colour fix ({error}); expected e.g. "
-                             '{"method": "wavelet", "wavelet_levels": 3}') from None
-
-    def save(self, model_dir: str | Path) -> Path:
-        """Write ``model_dir/color_fix.json`` (through a temporary file, so never half-written)."""
-        path = Path(model_dir) / COLOR_FIX_FILE
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(temporary, path)
-        return path

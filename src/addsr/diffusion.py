@@ -19,7 +19,8 @@ SD2_SCHEDULER_CONFIG: dict[str, Any] = {
     "beta_schedule": "scaled_linear",
     "prediction_type": "epsilon",
 }
-"""Stable Diffusion 2 base's DDPM schedule (SPEC section 1)."""
+"""Stable Diffusion 2 base's DDPM schedule (``stabilityai/stable-diffusion-2-base``'s ``scheduler/``, which the
+released ``test_addsr.py`` loads)."""
 
 
 def student_timesteps(num_steps: int) -> list[int]:

@@ -398,7 +398,7 @@ def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
     """``[B, 3, H, W]`` tensors in ``[0, 1]`` as a ``[B, H, W, 3]`` uint8 array (rounded)."""
-    array = images.detach().float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1)
+    array = images.detach().float().clamp(0, 1).mul_(255).round_().byte().permute(0, 2, 3, 1)
     return array.cpu().numpy()
 
 
@@ -495,6 +495,8 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return images
     rows = _resample_matrix(images.shape[-2], size[0], images.device)
     cols = _resample_matrix(images.shape[-1], size[1], images.device)
-    resized = torch.einsum("bchw,pw->bchp", images.double(), cols).clamp(0, 1)
-    resized = torch.einsum("oh,bchp->bcop", rows, resized).clamp(0, 1)
-    return resized.to(images.dtype)
+    resized = images.new_empty(*images.shape[:2], *size)
+    for channel in range(images.shape[1]):  # one channel at a time keeps the float64 copies small
+        plane = torch.einsum("bchw,pw->bchp", images[:, channel:channel + 1].double(), cols).clamp_(0, 1)
+        resized[:, channel:channel + 1] = torch.einsum("oh,bchp->bcop", rows, plane).clamp_(0, 1)
+    return resized

@@ -1,4 +1,5 @@
-"""AddSR inference: LR -> x4 HR in 1 to 4 student steps with Prediction-based Self-Refinement (SPEC section 2).
+"""AddSR inference: LR -> x4 HR in 1 to 4 student steps with Prediction-based Self-Refinement (paper Sec. 3;
+released ``pipelines/pipeline_addsr.py``, ``AddSRPipeline.__call__``, as ``test_addsr.py`` runs it).
 
 The whole algorithm is :meth:`AddSRPipeline.__call__`; the helpers above it size the condition image, build
 prompts and move models around.
@@ -6,6 +7,7 @@ prompts and move models around.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler
+from diffusers import AutoencoderKL, AutoencoderTiny
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tqdm.auto import tqdm
@@ -24,22 +26,34 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .colorfix import ColorFix
 from .denoiser import latent_factor, predict_noise, tagger_input
 from .devices import limit_cpu_threads, resolve_device, resolve_dtype
-from .diffusion import NoiseSchedule, student_timesteps
+from .diffusion import NoiseSchedule
 from .io import images_to_tensor, resize_images, tensor_to_pil
+from .model_folder import (
+    BaseComponents,
+    base_component_paths,
+    default_model_dir,
+    load_base_components,
+    load_tagger,
+    model_folders,
+    network_paths,
+    read_color_fix,
+    save_base_components,
+    write_color_fix,
+)
 from .models import ControlNet, UNet
+from .sampling import DEFAULT_SAMPLER, SamplerSettings
 from .speedups import load_small_decoder, speed_up, warn_if_slow
 from .tagging import Tagger, tags_and_embeddings
-from .tiling import Denoise, TiledDenoiser, TiledVAE, TileLayout, auto_tile_size, check_tiling
+from .tiling import Denoise, TiledDenoiser, TiledVAE, TileLayout, auto_tile_size, tiles_per_batch
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ADDED_PROMPT = "clean, high-resolution, 8k, extremely detailed, best quality, sharp"
-DEFAULT_NEGATIVE_PROMPT = "dotted, noise, blur, lowres, smooth"
-BASE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
+BASE_MODEL_HINT = (
+    "Pass base_model_dir (CLI: --base-model) pointing to a Stable Diffusion 2 base folder, or assemble a complete "
+    "model folder with `addsr assemble`."
+)
 PROMPT_CACHE_SIZE = 8
 """Prompt lists whose text embeddings a pipeline keeps, so that a batch of images with one prompt encodes it once."""
-DEFAULT_MODEL_DIR = Path(__file__).with_name("default_model")
-"""The small AddSR trained by this project and shipped in the package (docs/small-model.md)."""
 ImageInput = Image.Image | np.ndarray | torch.Tensor | list
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -53,8 +67,8 @@ class AddSRPipelineOutput:
 
 
 def condition_size(height: int, width: int, upscale: int = 4, process_size: int = 512) -> tuple[int, int]:
-    """Size of the ControlNet condition for an LR image (SPEC 2.1): short side at least
-    ``process_size / upscale`` before upscaling, then each side floored to a multiple of 8."""
+    """Size of the ControlNet condition for an LR image, as the released ``test_addsr.py`` (``main``) sizes it: short
+    side at least ``process_size / upscale`` before upscaling, then each side floored to a multiple of 8."""
     min_side = process_size // upscale
     if height < min_side or width < min_side:
         scale = min_side / min(height, width)
@@ -68,30 +82,6 @@ def build_prompt(tags: str | None, prompt: str, added_prompt: str) -> str:
     if tags is not None:
         return f"{tags}, {prompt}," + added_prompt
     return f"{prompt}," + added_prompt if prompt else added_prompt
-
-
-def save_base_components(
-    model_dir: Path, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-    schedule: NoiseSchedule, tagger: Tagger | None,
-) -> None:
-    """Write ``vae/ text_encoder/ tokenizer/ scheduler/`` and, when the tagger can save itself, ``ram/``."""
-    vae.save_pretrained(model_dir / "vae")
-    text_encoder.save_pretrained(model_dir / "text_encoder")
-    tokenizer.save_pretrained(model_dir / "tokenizer")
-    DDPMScheduler.from_config(schedule.config).save_pretrained(model_dir / "scheduler")
-    if hasattr(tagger, "save_pretrained"):
-        tagger.save_pretrained(model_dir / "ram")
-
-
-def _locate(name: str, model_dir: Path, base_model_dir: Path | None) -> Path:
-    for folder in (model_dir, base_model_dir):
-        if folder is not None and (folder / name).is_dir():
-            return folder / name
-    where = f"{model_dir}" + (f" or {base_model_dir}" if base_model_dir else "")
-    raise FileNotFoundError(
-        f"No '{name}/' folder in {where}. Pass base_model_dir (CLI: --base-model) pointing to a Stable Diffusion 2 "
-        "base folder, or assemble a complete model folder with `addsr assemble`."
-    )
 
 
 class AddSRPipeline:
@@ -142,28 +132,22 @@ class AddSRPipeline:
     ) -> AddSRPipeline:
         """Load ``model_dir`` (``unet/``, ``controlnet/``, optionally the SD2 parts and ``ram/``; default: the
         shipped small model, ``DEFAULT_MODEL_DIR``); parts it lacks come from ``base_model_dir``. The tagger is
-        ``tagger``, else built from the RAM/DAPE files, else ``model_dir/ram``. The default colour fix comes from
-        ``model_dir/color_fix.json`` when the folder has one, else it is the released AdaIN."""
-        if model_dir is None and not (DEFAULT_MODEL_DIR / "unet").is_dir():
-            raise FileNotFoundError(
-                f"the default model is missing from this installation ({DEFAULT_MODEL_DIR}): reinstall addsr, "
-                "or pass a model folder"
-            )
-        model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
-        base_model_dir = Path(base_model_dir) if base_model_dir is not None else None
-        for required in ("unet", "controlnet"):
-            if not (model_dir / required).is_dir():
-                raise FileNotFoundError(f"{model_dir} has no '{required}/' folder: is it an AddSR or SeeSR model?")
-        paths = {name: _locate(name, model_dir, base_model_dir) for name in BASE_COMPONENTS}
+        ``tagger``, else built from the RAM/DAPE files, else the first ``ram/`` of the two folders. The default
+        colour fix comes from ``model_dir/color_fix.json`` when the folder has one, else it is the released AdaIN.
+        The rules are :mod:`addsr.model_folder`'s."""
+        model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        networks = network_paths(model_dir)
+        folders = model_folders(model_dir, base_model_dir)
+        components = load_base_components(base_component_paths(folders, BASE_MODEL_HINT))
         pipe = cls(
-            unet=UNet.from_pretrained(model_dir / "unet"),
-            controlnet=ControlNet.from_pretrained(model_dir / "controlnet"),
-            vae=AutoencoderKL.from_pretrained(paths["vae"]),
-            text_encoder=CLIPTextModel.from_pretrained(paths["text_encoder"]),
-            tokenizer=CLIPTokenizer.from_pretrained(paths["tokenizer"]),
-            schedule=NoiseSchedule.from_pretrained(paths["scheduler"]),
-            tagger=tagger or _load_tagger(model_dir, ram, dape, ram_tag_list, ram_tag_thresholds),
-            color_fix=ColorFix.from_model_dir(model_dir),
+            unet=UNet.from_pretrained(networks["unet"]),
+            controlnet=ControlNet.from_pretrained(networks["controlnet"]),
+            vae=components.vae,
+            text_encoder=components.text_encoder,
+            tokenizer=components.tokenizer,
+            schedule=components.schedule,
+            tagger=tagger or load_tagger(folders, ram, dape, ram_tag_list, ram_tag_thresholds),
+            color_fix=read_color_fix(model_dir),
         )
         return pipe.to(device, dtype)
 
@@ -172,9 +156,10 @@ class AddSRPipeline:
         model_dir = Path(model_dir)
         self.unet.save_pretrained(model_dir / "unet")
         self.controlnet.save_pretrained(model_dir / "controlnet")
-        save_base_components(model_dir, self.vae, self.text_encoder, self.tokenizer, self.schedule, self.tagger)
+        components = BaseComponents(self.vae, self.text_encoder, self.tokenizer, self.schedule)
+        save_base_components(model_dir, components, self.tagger)
         if self.default_color_fix != ColorFix():
-            self.default_color_fix.save(model_dir)
+            write_color_fix(model_dir, self.default_color_fix)
         return model_dir
 
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> AddSRPipeline:
@@ -257,11 +242,11 @@ class AddSRPipeline:
         """The latent tiles for ``tile`` and ``overlap`` in LR input pixels (``"auto"``: :func:`auto_tile_size`;
         0: untiled; overlap ``None``: a quarter of the tile), each side a multiple of the U-Net's downsampling
         factor."""
-        if tile == 0:
-            return TileLayout.whole(*latent_size)
         latent_per_lr = latent_size[1] / lr_size[1]
         if tile == "auto":
-            tile = auto_tile_size(self, latent_per_lr, batch)
+            tile = auto_tile_size(self, latent_size, latent_per_lr, batch)
+        if tile == 0:
+            return TileLayout.whole(*latent_size)
         step = 2 ** (len(self.unet.config.block_out_channels) - 1)
         side = max(step, round(tile * latent_per_lr) // step * step)
         overlap = side // 4 if overlap is None else min(round(overlap * latent_per_lr), (side - 1) // 2)
@@ -273,41 +258,52 @@ class AddSRPipeline:
     def __call__(
         self,
         image: ImageInput,
-        prompt: str | list[str] = "",
-        added_prompt: str = DEFAULT_ADDED_PROMPT,
-        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        num_steps: int = 4,
-        timesteps: list[int] | None = None,
-        psr_weight: float = 0.4,
-        start_point: Literal["lr", "noise"] = "lr",
-        guidance_scale: float = 0.0,
-        color_fix: Literal["adain", "wavelet", "none"] | None = None,
-        wavelet_levels: int | None = None,
-        upscale: int = 4,
-        process_size: int = 512,
-        conditioning_scale: float = 1.0,
-        tile: int | Literal["auto"] = "auto",
-        tile_overlap: int | None = None,
+        prompt: str | list[str] = DEFAULT_SAMPLER.prompt,
+        added_prompt: str = DEFAULT_SAMPLER.added_prompt,
+        negative_prompt: str = DEFAULT_SAMPLER.negative_prompt,
+        num_steps: int = DEFAULT_SAMPLER.num_steps,
+        timesteps: list[int] | None = DEFAULT_SAMPLER.timesteps,
+        psr_weight: float = DEFAULT_SAMPLER.psr_weight,
+        start_point: Literal["lr", "noise"] = DEFAULT_SAMPLER.start_point,
+        guidance_scale: float = DEFAULT_SAMPLER.guidance_scale,
+        color_fix: Literal["adain", "wavelet", "none"] | None = DEFAULT_SAMPLER.color_fix,
+        wavelet_levels: int | None = DEFAULT_SAMPLER.wavelet_levels,
+        upscale: int = DEFAULT_SAMPLER.upscale,
+        process_size: int = DEFAULT_SAMPLER.process_size,
+        conditioning_scale: float = DEFAULT_SAMPLER.conditioning_scale,
+        tile: int | Literal["auto"] = DEFAULT_SAMPLER.tile,
+        tile_overlap: int | None = DEFAULT_SAMPLER.tile_overlap,
         generator: Generator = None,
         output_type: Literal["pil", "np", "pt"] = "pil",
+        settings: SamplerSettings | None = None,
     ) -> AddSRPipelineOutput:
         """Restore one LR image or a batch of same-sized LR images at ``upscale`` times their size.
 
-        ``color_fix`` and ``wavelet_levels`` left at ``None`` take the model's own (``default_color_fix``).
-        ``tile`` is the side of the tiles in LR input pixels (``"auto"``: chosen for the device, 0: untiled) and
-        ``tile_overlap`` their overlap, also in LR pixels (``None``: a quarter of the tile); with one tile the
-        output is exactly the untiled one."""
-        timesteps = list(timesteps) if timesteps is not None else student_timesteps(num_steps)
-        _check_arguments(timesteps, psr_weight, start_point, output_type, self.schedule.num_train_timesteps,
-                         tile, tile_overlap)
-        final_color_fix = self.default_color_fix.replace(color_fix, wavelet_levels)
+        The sampling options are :class:`addsr.sampling.SamplerSettings`' fields, given as keywords or all at once
+        as ``settings`` (then leave the keywords at their defaults). ``color_fix`` and ``wavelet_levels`` left at
+        ``None`` take the model's own (``default_color_fix``). ``tile`` is the side of the tiles in LR input pixels
+        (``"auto"``: chosen for the device, 0: untiled) and ``tile_overlap`` their overlap, also in LR pixels
+        (``None``: a quarter of the tile); with one tile the output is exactly the untiled one."""
+        settings = _sampler_settings(
+            settings, prompt=prompt, added_prompt=added_prompt, negative_prompt=negative_prompt, num_steps=num_steps,
+            timesteps=timesteps, psr_weight=psr_weight, start_point=start_point, guidance_scale=guidance_scale,
+            color_fix=color_fix, wavelet_levels=wavelet_levels, upscale=upscale, process_size=process_size,
+            conditioning_scale=conditioning_scale, tile=tile, tile_overlap=tile_overlap,
+        )
+        timesteps = settings.timestep_list()
+        _check_call(timesteps, output_type, self.schedule.num_train_timesteps)
+        final_color_fix = settings.final_color_fix(self.default_color_fix)
+        prompt, added_prompt, negative_prompt = settings.prompt, settings.added_prompt, settings.negative_prompt
+        psr_weight, start_point, guidance_scale = settings.psr_weight, settings.start_point, settings.guidance_scale
+        upscale, process_size, conditioning_scale = settings.upscale, settings.process_size, settings.conditioning_scale
+        tile, tile_overlap = settings.tile, settings.tile_overlap
         lr = images_to_tensor(image).to(self.device)
         batch, _, lr_height, lr_width = lr.shape
         prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
         if len(prompts) != batch:
             raise ValueError(f"Got {len(prompts)} prompts for {batch} images")
 
-        # Condition c1: the LR image upscaled (SPEC 2.1). Tags and first embeddings: the whole original LR (2.2, 2.3).
+        # Condition c1: the LR image upscaled. Tags and first embeddings: the whole original LR (released test_addsr.py).
         condition_lr = resize_images(lr, condition_size(lr_height, lr_width, upscale, process_size)).clamp(0, 1)
         if self.tagger is not None:  # one pass of the tagger gives both
             tags, image_embeds = tags_and_embeddings(
@@ -326,17 +322,20 @@ class AddSRPipeline:
         if not layout.is_single:
             logger.info("%dx%d input: %d x %d tiles of %d latent pixels (%dx%d latent), overlap %d", lr_width,
                         lr_height, *layout.grid, layout.tile, latent_size[1], latent_size[0], layout.overlap)
-        vae = TiledVAE(self.vae, layout)
-        psr_vae = TiledVAE(self.psr_decoder, layout) if self.psr_decoder is not None else vae
+        vae_layout = dataclasses.replace(layout, overlap=0)  # its halo gives the context
+        vae = TiledVAE(self.vae, vae_layout)
+        psr_vae = TiledVAE(self.psr_decoder, vae_layout) if self.psr_decoder is not None else vae
         progress = tqdm(total=len(timesteps) * len(layout.boxes), desc="AddSR", unit="tile", leave=False,
                         disable=not self.progress_bar)
         denoise = TiledDenoiser(
             partial(self._guided_noise, text=text, negative_text=negative_text, guidance_scale=guidance_scale,
                     conditioning_scale=conditioning_scale),
-            layout, factor, progress=progress.update,
+            layout, factor, tiles_per_batch(self, layout, batch * (2 if negative_text is not None else 1)),
+            progress.update,
         )
 
-        # Start point (2.4). Random draws, in order: start noise, VAE posterior sample, one re-noise per later step.
+        # Start point (released: start_point "lr"). Random draws, in order: start noise, VAE posterior sample, one
+        # re-noise per later step.
         def draw_noise() -> torch.Tensor:
             shape = (batch, self.unet.config.in_channels, *latent_size)
             return randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
@@ -388,7 +387,8 @@ def sample_psr(
     psr_weight: float,
     draw_noise: Callable[[], torch.Tensor],
 ) -> torch.Tensor:
-    """AddSR's few-step sampler with Prediction-based Self-Refinement (SPEC 2.5, 2.6); returns the last z0.
+    """AddSR's few-step sampler with Prediction-based Self-Refinement (paper Eq. 2 and Sec. 3; the released
+    ``AddSRPipeline.__call__`` loop over timesteps 999, 749, 499, 249 with ``PSR_weight``); returns the last z0.
 
     ``denoise(latents, t, condition, image_embeds)`` predicts epsilon, ``decode`` maps latents to ``[0, 1]`` images
     and ``embed`` gives the image embeddings of a condition; tiling wraps them, not this loop."""
@@ -398,7 +398,7 @@ def sample_psr(
         latents = schedule.add_noise(predicted, draw_noise(), timestep)
         # PSR: condition on the previous estimate blended with the LR, re-embed it.
         if psr_weight != 0:
-            condition = psr_weight * decode(predicted) + (1 - psr_weight) * condition_lr
+            condition = decode(predicted).mul_(psr_weight).add_((1 - psr_weight) * condition_lr)
         image_embeds = embed(condition)
         predicted = schedule.predict_x0(latents, denoise(latents, timestep, condition, image_embeds), timestep)
     return predicted
@@ -416,21 +416,22 @@ def _move(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> N
     model.eval()
 
 
-def _check_arguments(
-    timesteps: list[int], psr_weight: float, start_point: str, output_type: str, num_train_timesteps: int,
-    tile: int | str, tile_overlap: int | None,
-) -> None:
-    if not timesteps or any(not 0 <= t < num_train_timesteps for t in timesteps):
-        raise ValueError(f"timesteps must be a non-empty list in [0, {num_train_timesteps}), got {timesteps}")
-    if any(a <= b for a, b in zip(timesteps, timesteps[1:])):
-        raise ValueError(f"timesteps must decrease, got {timesteps}")
-    if not 0.0 <= psr_weight <= 1.0:
-        raise ValueError(f"psr_weight must be in [0, 1], got {psr_weight}")
-    if start_point not in ("lr", "noise"):
-        raise ValueError(f"start_point must be 'lr' or 'noise', got {start_point!r}")
+def _sampler_settings(settings: SamplerSettings | None, **keywords) -> SamplerSettings:
+    """``settings``, or the settings the keywords give; both at once is an error (one would be ignored)."""
+    if settings is None:
+        return SamplerSettings(**keywords)
+    changed = sorted(name for name, value in keywords.items() if value != getattr(DEFAULT_SAMPLER, name))
+    if changed:
+        raise ValueError(f"give the sampling options as settings=... or as keywords, not both (got {changed} too)")
+    return settings
+
+
+def _check_call(timesteps: list[int], output_type: str, num_train_timesteps: int) -> None:
+    """What the settings cannot check alone: the timesteps against the model's schedule, and the output type."""
+    if any(t >= num_train_timesteps for t in timesteps):
+        raise ValueError(f"timesteps must be in [0, {num_train_timesteps}), got {timesteps}")
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-    check_tiling(tile, tile_overlap)
 
 
 def _format(images: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:
@@ -439,20 +440,3 @@ def _format(images: torch.Tensor, output_type: str) -> list[Image.Image] | np.nd
     if output_type == "np":
         return images.permute(0, 2, 3, 1).cpu().numpy()
     return tensor_to_pil(images)
-
-
-def _load_tagger(
-    model_dir: Path, ram: Any, dape: Any, tag_list: Any, tag_thresholds: Any
-) -> Tagger | None:
-    """A RAM tagger from checkpoint files, else from ``model_dir/ram``, else None."""
-    if ram is None and dape is not None:
-        raise ValueError("dape=... is loaded over RAM: pass ram=PATH_TO_ram_swin_large_14m.pth too")
-    if ram is None and not (model_dir / "ram").is_dir():
-        return None
-    from .tagging import RAMTagger
-
-    if ram is None:
-        return RAMTagger.from_pretrained(model_dir / "ram")
-    if tag_list is None:
-        raise ValueError("ram=... needs ram_tag_list=PATH (RAM's ram_tag_list.txt) as well")
-    return RAMTagger.from_checkpoints(ram, dape=dape, tag_list=tag_list, tag_thresholds=tag_thresholds)

@@ -20,7 +20,8 @@ from PIL import Image
 
 from .colorfix import COLOR_FIXES
 from .io import DEFAULT_MAX_PIXELS, ImageFileError, load_image, save_image
-from .pipeline import DEFAULT_ADDED_PROMPT, AddSRPipeline
+from .pipeline import AddSRPipeline
+from .sampling import DEFAULT_SAMPLER, SamplerSettings
 from .tiling import parse_tile
 from .upscale import UpscaleSettings, upscale_file
 
@@ -163,23 +164,26 @@ def build_demo(pipe: AddSRPipeline, work_dir: Path, max_pixels: int | None = DEF
             with gr.Column(scale=2):
                 files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="inputs")
                 prompt = gr.Textbox(label="Prompt", info="Words added to the RAM tags.", elem_id="prompt-input")
-                num_steps = gr.Slider(1, 4, value=4, step=1, label="Steps")
-                psr_weight = gr.Slider(0, 1, value=0.4, step=0.05, label="PSR weight", info="0 turns PSR off.")
+                num_steps = gr.Slider(1, 4, value=DEFAULT_SAMPLER.num_steps, step=1, label="Steps")
+                psr_weight = gr.Slider(0, 1, value=DEFAULT_SAMPLER.psr_weight, step=0.05, label="PSR weight",
+                                       info="0 turns PSR off.")
                 color_fix = gr.Dropdown([MODEL_COLOR_FIX, *COLOR_FIXES], value=MODEL_COLOR_FIX, label="Colour fix",
                                         info=_color_fix_info(pipe))
                 with gr.Row():
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=SEED_RANGE - 1)
                     random_seed = gr.Checkbox(True, label="Random seed", info="The seed used is shown with the result.")
                 with gr.Row():
-                    tile = gr.Dropdown(list(TILE_CHOICES), value="auto", allow_custom_value=True, label="Tile size",
+                    tile = gr.Dropdown(list(TILE_CHOICES), value=str(DEFAULT_SAMPLER.tile), allow_custom_value=True,
+                                       label="Tile size",
                                        info="Input pixels; auto: chosen for the device; 0: the whole image at once.")
                     output_format = gr.Dropdown(list(OUTPUT_FORMATS), value="png", label="Download as")
                 with gr.Accordion("Advanced", open=False):
                     wavelet_levels = gr.Number(None, label="Wavelet levels", precision=0, minimum=1,
                                                info="For the wavelet fix; empty: the model's own. Fewer take finer "
                                                     "detail from the input.")
-                    guidance_scale = gr.Number(0.0, label="Guidance scale", info="Off at 1 or below.")
-                    added_prompt = gr.Textbox(DEFAULT_ADDED_PROMPT, label="Quality words")
+                    guidance_scale = gr.Number(DEFAULT_SAMPLER.guidance_scale, label="Guidance scale",
+                                               info="Off at 1 or below.")
+                    added_prompt = gr.Textbox(DEFAULT_SAMPLER.added_prompt, label="Quality words")
                     tile_overlap = gr.Number(None, label="Tile overlap", precision=0, minimum=0,
                                              info="Input pixels; empty: a quarter of the tile.")
                 button = gr.Button("Upscale x4", variant="primary", elem_id="upscale")
@@ -203,13 +207,14 @@ def build_demo(pipe: AddSRPipeline, work_dir: Path, max_pixels: int | None = DEF
             _remove_run(previous)
             seed = random.randrange(SEED_RANGE) if random_seed else int(seed or 0)
             try:
-                settings = UpscaleSettings(
+                sampler = SamplerSettings(
                     num_steps=int(num_steps), psr_weight=float(psr_weight), prompt=prompt, added_prompt=added_prompt,
                     color_fix=None if color_fix == MODEL_COLOR_FIX else color_fix,
                     wavelet_levels=int(wavelet_levels) if wavelet_levels else None,
-                    guidance_scale=float(guidance_scale or 0), seed=seed, tile=parse_tile(str(tile)),
-                    tile_overlap=None if tile_overlap is None else int(tile_overlap), max_pixels=max_pixels,
+                    guidance_scale=float(guidance_scale or 0), tile=parse_tile(str(tile)),
+                    tile_overlap=None if tile_overlap is None else int(tile_overlap),
                 )
+                settings = UpscaleSettings(sampler, seed=seed, max_pixels=max_pixels)
             except ValueError as error:
                 raise gr.Error(str(error), print_exception=False) from None
             run = PageRun(Path(tempfile.mkdtemp(prefix="run-", dir=work_dir)), seed)

@@ -5,9 +5,10 @@
   instead of 3x3 upsampled ones, 4/9 of the multiply-adds, and the upsampled tensor is never made.
 * Channels-last memory layout for the autoencoders, whose convolutions run faster in it.
 
-Both are applied where they were measured to help (:data:`MEASURED_DEVICES`, and wide upsamplers only). They
-change only the order of floating-point sums: outputs agree with the plain models to float rounding
-(tests/test_speedups.py). Measured effect: docs/performance.md.
+Both are applied where they were measured to help: on :data:`MEASURED_DEVICES`, to wide models only
+(:data:`WIDE_CHANNELS`, Stable Diffusion's sizes). They change only the order of floating-point sums: outputs agree
+with the plain models to float rounding (tests/test_speedups.py), and the narrow shipped small model, left as it
+is, keeps its outputs bit for bit. Measured effect: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class TransposedConvUpsample2D(Upsample2D):
 def _is_nearest_conv3x3(module: nn.Module, min_channels: int) -> bool:
     conv = getattr(module, "conv", None)
     return (
-        type(module) is Upsample2D and module.channels >= min_channels and module.use_conv and module.interpolate and not module.use_conv_transpose
+        type(module) is Upsample2D and module.channels >= min_channels and module.use_conv and module.interpolate
+        and not module.use_conv_transpose
         and module.norm is None and module.name == "conv" and isinstance(conv, nn.Conv2d)
         and conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.stride == (1, 1)
         and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
@@ -80,7 +82,6 @@ def use_transposed_conv_upsampling(model: nn.Module, min_channels: int = 1) -> i
     return switched
 
 
-
 def load_small_decoder(folder: str | Path) -> AutoencoderTiny:
     """An ``AutoencoderTiny`` folder, loaded without diffusers' warning about the ``block_out_channels`` entry its
     own ``save_pretrained`` writes."""
@@ -93,19 +94,26 @@ def load_small_decoder(folder: str | Path) -> AutoencoderTiny:
 
 MEASURED_DEVICES = ("cpu",)
 """Devices where these speed-ups were measured to help (docs/performance.md); elsewhere models stay as they are."""
-TRANSPOSED_UPSAMPLING_MIN_CHANNELS = 256
-"""Narrower upsamplers (the shipped small model's 64 and 128 channels) were measured slower as a transposed
-convolution; from 256 channels up (Stable Diffusion's VAE and U-Net) faster."""
+WIDE_CHANNELS = 256
+"""Upsamplers and autoencoders this wide (Stable Diffusion's VAE and U-Net) get the speed-ups. Narrower upsamplers
+(the shipped small model's 64 and 128 channels) were measured slower as a transposed convolution, and the narrow
+autoencoders (the shipped model's VAE, at most 128 channels, and small PSR decoders) stay in their layout, which
+keeps the shipped model's output bit for bit (channels-last moves its README image by 8-bit rounding steps)."""
+
+
+def widest_convolution(model: nn.Module) -> int:
+    """The most output channels of any 2D convolution in ``model`` (0 without one)."""
+    return max((module.out_channels for module in model.modules() if isinstance(module, nn.Conv2d)), default=0)
 
 
 def speed_up(model: nn.Module, device: torch.device) -> nn.Module:
     """Apply the same-output speed-ups measured on ``device`` to a model of the pipeline: transposed-convolution
-    upsampling of wide upsamplers, and channels-last layout for an autoencoder (VAE, or the small PSR decoder),
-    whose convolutions dominate it (the U-Net and ControlNet were measured no faster in it)."""
+    upsampling of wide upsamplers, and channels-last layout for a wide autoencoder (VAE or PSR decoder), whose
+    convolutions dominate it (the U-Net and ControlNet were measured no faster in it)."""
     if device.type not in MEASURED_DEVICES:
         return model
-    use_transposed_conv_upsampling(model, TRANSPOSED_UPSAMPLING_MIN_CHANNELS)
-    if isinstance(model, (AutoencoderKL, AutoencoderTiny)):
+    use_transposed_conv_upsampling(model, WIDE_CHANNELS)
+    if isinstance(model, (AutoencoderKL, AutoencoderTiny)) and widest_convolution(model) >= WIDE_CHANNELS:
         model.to(memory_format=torch.channels_last)
     return model
 

@@ -13,6 +13,7 @@ tile, every wrapper calls the untiled function on the whole input, so the output
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,9 +31,11 @@ ENCODER_HALO = 32
 """Image pixels added around each encoder tile (the released tiled VAE's encoder padding)."""
 DECODER_HALO = 11
 """Latent pixels added around each decoder tile (the released tiled VAE's decoder padding)."""
-CPU_TILE = 128
-"""``tile="auto"`` on a CPU, in LR input pixels: the fastest size measured with the default model
-(``benchmarks/tiling.py``, docs/inference.md)."""
+CPU_TILE = 64
+"""``tile="auto"`` on a CPU, in latent pixels (64 LR pixels with the shipped model, 128 with Stable Diffusion 2's
+VAE): the fastest size measured with the shipped model (``benchmarks/tiling.py``, docs/inference.md)."""
+CPU_UNTILED_SIDE = 160
+"""``tile="auto"`` on a CPU leaves latents up to this side untiled: below it one pass is as fast as the tiles."""
 CUDA_MEMORY_FRACTION = 0.8
 """Share of a GPU's free memory that ``tile="auto"`` plans to use."""
 PROBE_SIDE = 32
@@ -55,12 +58,13 @@ class Box:
     def scaled(self, factor: int) -> Box:
         return Box(self.top * factor, self.left * factor, self.height * factor, self.width * factor)
 
-    def expanded(self, margin: int, height: int, width: int) -> Box:
-        """This box grown by ``margin`` on every side, clipped to a ``height`` x ``width`` grid."""
-        top, left = max(0, self.top - margin), max(0, self.left - margin)
-        bottom = min(height, self.top + self.height + margin)
-        right = min(width, self.left + self.width + margin)
-        return Box(top, left, bottom - top, right - left)
+    def widened(self, margin: int, height: int, width: int) -> Box:
+        """This box grown by ``margin`` on every side and shifted back inside a ``height`` x ``width`` grid where it
+        would cross its edge, so that every widened tile of a layout has the same size."""
+        new_height, new_width = min(height, self.height + 2 * margin), min(width, self.width + 2 * margin)
+        top = min(max(0, self.top - margin), height - new_height)
+        left = min(max(0, self.left - margin), width - new_width)
+        return Box(top, left, new_height, new_width)
 
     def within(self, outer: Box) -> Box:
         """This box in the coordinates of ``outer``, which contains it."""
@@ -137,7 +141,7 @@ class _Canvas:
         self.weight[..., rows, cols] += weights
 
     def result(self, dtype: torch.dtype) -> torch.Tensor:
-        return (self.total / self.weight).to(dtype)
+        return self.total.div_(self.weight).to(dtype)
 
 
 def _batched(items: list, size: int) -> Iterator[list]:
@@ -186,13 +190,15 @@ def _group_statistics(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch
 
 
 def _normalise(norm: nn.GroupNorm, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """``norm`` applied to ``x`` with the given group statistics instead of ``x``'s own."""
-    flat = x.float().reshape(x.shape[0], norm.num_groups, -1)
-    normalised = ((flat - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)).reshape(x.shape)
+    """``norm`` applied to ``x`` with the given group statistics instead of ``x``'s own, as one scale and shift
+    per channel."""
+    per_group = x.shape[1] // norm.num_groups
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)
+    shift = -mean.repeat_interleave(per_group, dim=1) * scale
     if norm.affine:
-        channel_shape = (1, -1, *([1] * (x.ndim - 2)))
-        normalised = normalised * norm.weight.float().view(channel_shape) + norm.bias.float().view(channel_shape)
-    return normalised.to(x.dtype)
+        scale, shift = scale * norm.weight.float(), shift * norm.weight.float() + norm.bias.float()
+    channel_shape = (*scale.shape, *([1] * (x.ndim - 2)))
+    return torch.addcmul(shift.view(channel_shape).to(x.dtype), x, scale.view(channel_shape).to(x.dtype))
 
 
 @contextmanager
@@ -239,7 +245,8 @@ class TiledVAE:
     """The VAE run tile by tile on a :class:`TileLayout` of the latent grid, with shared group-norm statistics.
 
     Encoder tiles are widened by ``ENCODER_HALO`` image pixels and decoder tiles by ``DECODER_HALO`` latent pixels
-    where the image goes on, then cropped back and blended with Gaussian weights. Every group norm uses the
+    (shifted inwards at the image's edges, so all have one size), then cropped back and blended with Gaussian
+    weights. Every group norm uses the
     statistics of one pass over the whole input shrunk to the area of a widened tile (diffusers' ``enable_tiling``
     normalises each tile on its own, which shows as tone steps between tiles). The attention in the VAE's middle
     block sees one tile at a time."""
@@ -275,7 +282,7 @@ class TiledVAE:
         canvas = None
         with _shared_group_norms(statistics):
             for box in layout.boxes:
-                outer = box.expanded(halo, layout.height, layout.width)
+                outer = box.widened(halo, layout.height, layout.width)
                 part = function(x[(..., *outer.scaled(in_scale).slices)])
                 part = part[(..., *box.within(outer).scaled(out_scale).slices)]
                 if canvas is None:
@@ -303,15 +310,24 @@ def parse_tile(text: str) -> int | str:
         raise ValueError(f"tile must be 'auto', 0 (untiled) or a side in LR pixels, got {text!r}") from None
 
 
-def auto_tile_size(pipe, latent_per_lr: float, batch: int = 1) -> int:
-    """``tile="auto"`` in LR input pixels for an ``AddSRPipeline`` (``latent_per_lr`` latent pixels per LR pixel):
-    on CUDA, the largest square tile whose measured memory fits ``CUDA_MEMORY_FRACTION`` of the free memory;
-    elsewhere ``CPU_TILE``, where the cost of attention, not memory, sets the best size."""
+def auto_tile_size(pipe, latent_size: tuple[int, int], latent_per_lr: float, batch: int = 1) -> int:
+    """``tile="auto"`` in LR input pixels (0: untiled) for an ``AddSRPipeline`` and a latent of ``latent_size``
+    (``latent_per_lr`` latent pixels per LR pixel). On CUDA, the largest square tile whose measured memory fits
+    ``CUDA_MEMORY_FRACTION`` of the free memory. Elsewhere the cost of attention, not memory, sets the best size:
+    untiled up to ``CPU_UNTILED_SIDE``, else ``CPU_TILE``."""
     if pipe.device.type != "cuda":
-        return CPU_TILE
-    free, _ = torch.cuda.mem_get_info(pipe.device)
-    latent_side = largest_fitting_side(CUDA_MEMORY_FRACTION * free, _cuda_bytes_per_latent_pixel(pipe, batch))
+        return 0 if max(latent_size) <= CPU_UNTILED_SIDE else round(CPU_TILE / latent_per_lr)
+    latent_side = largest_fitting_side(_cuda_budget(pipe), _cuda_bytes_per_latent_pixel(pipe, batch))
     return round(latent_side / latent_per_lr)
+
+
+def tiles_per_batch(pipe, layout: TileLayout, batch: int = 1) -> int:
+    """How many tiles go through the network at once: on CUDA as many as fit the free memory, elsewhere one (a
+    CPU gains nothing from batching)."""
+    if pipe.device.type != "cuda" or layout.is_single:
+        return 1
+    per_tile = _cuda_bytes_per_latent_pixel(pipe, batch) * layout.tile**2
+    return max(1, min(len(layout.boxes), int(_cuda_budget(pipe) // per_tile)))
 
 
 def largest_fitting_side(budget_bytes: float, bytes_per_pixel: float) -> int:
@@ -319,9 +335,21 @@ def largest_fitting_side(budget_bytes: float, bytes_per_pixel: float) -> int:
     return max(8, math.isqrt(int(budget_bytes / bytes_per_pixel)))
 
 
+def _cuda_budget(pipe) -> float:
+    free, _ = torch.cuda.mem_get_info(pipe.device)
+    return CUDA_MEMORY_FRACTION * free
+
+
+_probes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 @torch.no_grad()
 def _cuda_bytes_per_latent_pixel(pipe, batch: int) -> float:
-    """Peak GPU memory per latent pixel of one denoising call and one decode, measured on a small probe."""
+    """Peak GPU memory per latent pixel of one denoising call and one decode, measured once per pipeline, dtype
+    and batch on a small probe."""
+    key = (pipe.dtype, batch)
+    if key in _probes.setdefault(pipe.unet, {}):
+        return _probes[pipe.unet][key]
     factor, channels = latent_factor(pipe.vae), pipe.unet.config.in_channels
     latents = torch.zeros(batch, channels, PROBE_SIDE, PROBE_SIDE, device=pipe.device, dtype=pipe.dtype)
     condition = torch.zeros(batch, 3, PROBE_SIDE * factor, PROBE_SIDE * factor, device=pipe.device)
@@ -333,4 +361,5 @@ def _cuda_bytes_per_latent_pixel(pipe, batch: int) -> float:
     predict_noise(pipe.unet, pipe.controlnet, latents, 999, text, condition, embeds)
     decode_latents(pipe.vae, latents)
     peak = torch.cuda.max_memory_allocated(pipe.device) - baseline
-    return peak / PROBE_SIDE**2
+    _probes[pipe.unet][key] = peak / PROBE_SIDE**2
+    return _probes[pipe.unet][key]

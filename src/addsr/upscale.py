@@ -14,8 +14,8 @@ from .io import (
     DEFAULT_MAX_PIXELS, IMAGE_FORMATS, OUTPUT_FORMATS, ImageFileError, NoImagesError, check_writable, find_images,
     read_image, resize_images, save_text, to_grayscale, write_image,
 )
-from .pipeline import DEFAULT_ADDED_PROMPT, AddSRPipeline
-from .tiling import check_tiling
+from .pipeline import AddSRPipeline
+from .sampling import SamplerSettings
 
 ALPHA_MODES = ("bicubic", "model")
 OUTPUT_EXTENSIONS = ("png", "jpg", "webp", "tif", "same")
@@ -23,21 +23,11 @@ OUTPUT_EXTENSIONS = ("png", "jpg", "webp", "tif", "same")
 
 @dataclass
 class UpscaleSettings:
-    """How each file is upscaled: the pipeline's settings, how alpha is upscaled, and how files are read and written."""
+    """How each file is upscaled: the sampler's settings and seed, how alpha is upscaled, and how files are read and
+    written."""
 
-    num_steps: int = 4
-    psr_weight: float = 0.4
-    prompt: str = ""
-    added_prompt: str = DEFAULT_ADDED_PROMPT
-    color_fix: str | None = None
-    """None: the model's own (``AddSRPipeline.default_color_fix``); likewise ``wavelet_levels``."""
-    wavelet_levels: int | None = None
-    guidance_scale: float = 0.0
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
     seed: int | None = None
-    tile: int | str = "auto"
-    """Tile side in LR pixels: ``"auto"`` (chosen for the device) or 0 (the whole image at once)."""
-    tile_overlap: int | None = None
-    """Overlap of neighbouring tiles in LR pixels; None: a quarter of the tile."""
     alpha: str = "bicubic"
     """How an alpha channel is upscaled: ``bicubic``, or ``model`` (run through the pipeline as a grey image)."""
     max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -47,7 +37,6 @@ class UpscaleSettings:
     save_prompt: bool = False
 
     def __post_init__(self) -> None:
-        check_tiling(self.tile, self.tile_overlap)
         if self.alpha not in ALPHA_MODES:
             raise ValueError(f"alpha must be one of {', '.join(ALPHA_MODES)}, got {self.alpha!r}")
         if not 1 <= self.quality <= 100:
@@ -133,7 +122,7 @@ def upscale_file(
     except (torch.OutOfMemoryError, MemoryError):
         width, height = image.size
         raise ImageFileError(source, f"{width}x{height} is too large for {pipe.device}'s memory with tile "
-                                     f"{settings.tile}; try a smaller --tile") from None
+                                     f"{settings.sampler.tile}; try a smaller --tile") from None
     write_image(image.with_pixels(color, alpha), target, settings.quality)
     if settings.save_prompt:
         save_text(prompt, target.with_suffix(".txt"))
@@ -144,12 +133,7 @@ def upscale_file(
 def _run_pipeline(pipe: AddSRPipeline, images: torch.Tensor, settings: UpscaleSettings) -> tuple[torch.Tensor, str]:
     """The one place files meet the pipeline: ``[1, 3, H, W]`` in ``[0, 1]`` to the upscaled float image and prompt."""
     generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
-    result = pipe(
-        images, prompt=settings.prompt, added_prompt=settings.added_prompt, num_steps=settings.num_steps,
-        psr_weight=settings.psr_weight, color_fix=settings.color_fix, wavelet_levels=settings.wavelet_levels,
-        guidance_scale=settings.guidance_scale, tile=settings.tile, tile_overlap=settings.tile_overlap,
-        generator=generator, output_type="pt",
-    )
+    result = pipe(images, settings=settings.sampler, generator=generator, output_type="pt")
     return result.images, result.prompts[0]
 
 

@@ -1,4 +1,5 @@
-"""Parameters of the Real-ESRGAN second-order degradation (SPEC section 3, as in the released AddSR data script)."""
+"""Parameters of the Real-ESRGAN second-order degradation, as in the released AddSR data script
+(`utils_data/make_paired_data.py`: ``args_degradation``, ``realesrgan_degradation``)."""
 
 from __future__ import annotations
 
@@ -101,7 +102,8 @@ def _second_stage() -> DegradationStageConfig:
 
 @dataclass
 class RealESRGANDegradationConfig:
-    """Everything the second-order pipeline draws from; defaults are SPEC section 3 / the released data script."""
+    """Everything the second-order pipeline draws from; defaults are the released data script's
+    (`utils_data/make_paired_data.py`)."""
 
     scale: int = 4
     first: DegradationStageConfig = field(default_factory=DegradationStageConfig)

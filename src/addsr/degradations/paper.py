@@ -1,4 +1,4 @@
-"""The four fixed synthetic test degradations of the AddSR paper (SPEC section 4)."""
+"""The four fixed synthetic test degradations of the AddSR paper (Sec. 4, its synthetic test sets)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,16 @@
-"""What an evaluation runs: datasets, degradations, methods, metrics and the protocol's numbers."""
+"""What an evaluation runs: datasets, degradations, methods, metrics and the protocol's numbers, loaded like
+every configuration (:mod:`addsr.config`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..config import ConfigError, merge_config, parse_overrides, read_config_file
 from ..degradations import PAPER_DEGRADATIONS
 from ..metrics import MetricSettings, available_metrics
 
@@ -46,25 +47,28 @@ class DatasetSpec:
 class EvalConfig:
     """One evaluation run. ``methods`` are specs for :func:`addsr.evaluation.parse_method`."""
 
-    datasets: list[DatasetSpec]
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    """In a config file: a mapping of names to folders or to ``{path: ..., kind: synthetic|real}``."""
     out_dir: Path = Path("eval")
     methods: list[str] = field(default_factory=lambda: ["bicubic", "lanczos"])
     degradations: list[str] = field(default_factory=lambda: list(PAPER_DEGRADATIONS))
     metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim", "niqe"])
-    crop_size: int = 512  # HR crop; LR inputs are crop_size / scale
+    crop_size: int = 512
+    """HR crop; LR inputs are ``crop_size / scale``."""
     scale: int = 4
     seed: int = 0
-    device: str = "auto"  # methods built from specs; learned metrics use metric_settings.device
+    device: str = "auto"
+    """Of methods built from specs; learned metrics use ``metric_settings.device``."""
     dtype: str = "auto"
-    grid_images: int = 1  # images per grid (the first ones of the dataset, by file name); 0: no grids
-    grid_crop: int = 128  # side of the HR-size patch shown in the grids, from the image centre
+    grid_images: int = 1
+    """Images per grid (the first ones of the dataset, by file name); 0: no grids."""
+    grid_crop: int = 128
+    """Side of the HR-size patch shown in the grids, from the image centre."""
     metric_settings: MetricSettings = field(default_factory=MetricSettings)
     progress: bool = True
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        if not self.datasets:
-            raise ValueError("No datasets to evaluate: give at least one folder")
         if self.grid_images < 0:
             raise ValueError(f"grid_images must be 0 (no grids) or more, got {self.grid_images}")
         names = [dataset.name for dataset in self.datasets]
@@ -81,6 +85,11 @@ class EvalConfig:
         if not self.methods:
             raise ValueError("No methods to evaluate")
 
+    def check_datasets(self) -> None:
+        """A run needs at least one dataset (a config may leave them to the command line)."""
+        if not self.datasets:
+            raise ValueError("No datasets to evaluate: give at least one folder")
+
     def protocol(self) -> dict[str, Any]:
         """The numbers that determine the inputs; an output folder holds results of one protocol only."""
         return {
@@ -90,35 +99,32 @@ class EvalConfig:
         }
 
 
-def _dataset(name: str, entry: Any) -> DatasetSpec:
+def _dataset(name: str, entry: Any, source: str) -> DatasetSpec:
     if isinstance(entry, (str, Path)):
         return DatasetSpec(name, Path(entry))
-    if isinstance(entry, dict) and "path" in entry and set(entry) <= {"path", "kind"}:
+    if isinstance(entry, Mapping) and "path" in entry and set(entry) <= {"path", "kind"}:
         return DatasetSpec(name, Path(entry["path"]), entry.get("kind", SYNTHETIC))
-    raise ValueError(f"Dataset {name!r}: expected a path or {{path: ..., kind: synthetic|real}}, got {entry!r}")
+    raise ConfigError(f"{source}: dataset {name!r}: expected a path or {{path: ..., kind: synthetic|real}}, "
+                      f"got {entry!r}")
 
 
-def load_config(path: str | Path, **overrides: Any) -> EvalConfig:
-    """An :class:`EvalConfig` from a YAML file (keys as its fields; ``datasets`` maps names to paths or to
-    ``{path, kind}``; ``metric_settings`` maps :class:`~addsr.metrics.MetricSettings` fields). Relative paths are
-    taken from the current folder. ``overrides`` replace file values (``None`` values are ignored)."""
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of EvalConfig fields at the top level")
-    data.update({key: value for key, value in overrides.items() if value is not None})
-    known = {f.name for f in dataclasses.fields(EvalConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; expected some of {sorted(known)}")
-    datasets = data.pop("datasets", None)
-    if not isinstance(datasets, dict):
-        raise ValueError(f"{path}: 'datasets' must map dataset names to folders")
-    metric_settings = data.pop("metric_settings", {}) or {}
-    if isinstance(metric_settings, dict):
-        known_settings = {f.name for f in dataclasses.fields(MetricSettings)}
-        if set(metric_settings) - known_settings:
-            raise ValueError(f"{path}: unknown metric_settings {sorted(set(metric_settings) - known_settings)}; "
-                             f"expected some of {sorted(known_settings)}")
-        metric_settings = MetricSettings(**metric_settings)
-    return EvalConfig(datasets=[_dataset(name, entry) for name, entry in datasets.items()],
-                      metric_settings=metric_settings, **data)
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), **values: Any) -> EvalConfig:
+    """An :class:`EvalConfig` (:mod:`addsr.config`): its defaults, then the YAML or TOML file at ``path``, then
+    ``values`` (field values, ``None`` ones ignored: the command line's shortcut options), then ``--set``
+    ``overrides``. ``datasets`` maps names to folders or to ``{path, kind}``; the datasets of each source are added
+    to those before (a name given again is replaced). Relative paths are taken from the current folder."""
+    config = EvalConfig()
+    for source, data in (
+        (str(path), read_config_file(path) if path is not None else {}),
+        ("options", {key: value for key, value in values.items() if value is not None}),
+        ("--set", parse_overrides(overrides)),
+    ):
+        datasets = data.pop("datasets", None) or {}
+        if not isinstance(datasets, Mapping):
+            raise ConfigError(f"{source}: 'datasets' must map dataset names to folders")
+        config = merge_config(config, data, source)
+        if datasets:
+            named = {dataset.name: dataset for dataset in config.datasets}
+            named |= {name: _dataset(name, entry, source) for name, entry in datasets.items()}
+            config = dataclasses.replace(config, datasets=list(named.values()))
+    return config

@@ -7,6 +7,8 @@ the form the command line and the config files use.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import logging
 import re
@@ -18,10 +20,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..colorfix import ColorFix
 from ..devices import resolve_device, resolve_dtype
-from ..diffusion import student_timesteps
+from ..config import ConfigError, merge_config, parse_overrides
 from ..io import pil_to_tensor, tensor_to_pil, update_hash
+from ..model_folder import DEFAULT_MODEL_DIR, read_color_fix
+from ..sampling import DEFAULT_SAMPLER, SamplerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -163,37 +166,29 @@ class SpandrelMethod(SuperResolutionMethod):
 
 
 class AddSRMethod(SuperResolutionMethod):
-    """An AddSR (or SeeSR) model folder run with a fixed number of steps, PSR weight and colour fix."""
+    """An AddSR (or SeeSR) model folder run with fixed sampler settings."""
 
     def __init__(
         self,
         model_dir: str | Path | None = None,
-        num_steps: int = 4,
-        psr_weight: float = 0.4,
-        color_fix: str | None = None,
-        wavelet_levels: int | None = None,
-        process_size: int = 512,
+        sampler: SamplerSettings = DEFAULT_SAMPLER,
         scale: int = 4,
         name: str | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         pipeline_files: dict[str, str | Path] | None = None,
     ):
-        """``color_fix`` and ``wavelet_levels`` left at ``None`` take the model folder's own (``ColorFix``).
-        ``pipeline_files``: extra paths for ``AddSRPipeline.from_pretrained`` (``base_model_dir``, ``ram``,
-        ``dape``, ``ram_tag_list``, ``ram_tag_thresholds``). No ``model_dir``: the shipped default model."""
-        from ..pipeline import DEFAULT_MODEL_DIR
-
+        """``sampler``'s colour fix and wavelet levels left at ``None`` take the model folder's own; its ``upscale``
+        becomes ``scale``. ``pipeline_files``: extra paths for ``AddSRPipeline.from_pretrained``
+        (``base_model_dir``, ``ram``, ``dape``, ``ram_tag_list``, ``ram_tag_thresholds``). No ``model_dir``: the
+        shipped default model."""
         self.model_dir = Path(model_dir or DEFAULT_MODEL_DIR).expanduser().resolve()
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"AddSR model folder {self.model_dir} does not exist")
-        super().__init__(name or f"{self.model_dir.name}-{num_steps}step", scale)
-        student_timesteps(num_steps)  # checks the range
-        if not 0.0 <= psr_weight <= 1.0:
-            raise ValueError(f"psr_weight must be in [0, 1], got {psr_weight}")
-        self.num_steps, self.psr_weight = num_steps, psr_weight
-        self.color_fix = ColorFix.from_model_dir(self.model_dir).replace(color_fix, wavelet_levels)
-        self.process_size = process_size
+        super().__init__(name or f"{self.model_dir.name}-{sampler.num_steps}step", scale)
+        self.color_fix = sampler.final_color_fix(read_color_fix(self.model_dir))
+        self.sampler = dataclasses.replace(sampler, upscale=scale, color_fix=self.color_fix.method,
+                                           wavelet_levels=self.color_fix.wavelet_levels)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.pipeline_files = {key: Path(value).expanduser().resolve() for key, value in (pipeline_files or {}).items()}
@@ -201,10 +196,14 @@ class AddSRMethod(SuperResolutionMethod):
 
     @property
     def settings(self) -> dict[str, Any]:
+        others = {field.name: getattr(self.sampler, field.name) for field in dataclasses.fields(SamplerSettings)
+                  if field.name not in RECORDED_SAMPLER_FIELDS}
+        changed = {name: value for name, value in others.items() if value != getattr(DEFAULT_SAMPLER, name)}
         return {
             "type": "addsr", "model_dir": str(self.model_dir), "weights_sha256": self.weights_sha256,
-            "num_steps": self.num_steps, "psr_weight": self.psr_weight, **self.color_fix.settings,
-            "process_size": self.process_size, "dtype": str(self.dtype).removeprefix("torch."), "scale": self.scale,
+            "num_steps": self.sampler.num_steps, "psr_weight": self.sampler.psr_weight, **self.color_fix.settings,
+            "process_size": self.sampler.process_size, **_plain(changed),
+            "dtype": str(self.dtype).removeprefix("torch."), "scale": self.scale,
             **{key: str(value) for key, value in self.pipeline_files.items()},
         }
 
@@ -226,21 +225,28 @@ class AddSRMethod(SuperResolutionMethod):
     def upscale(self, lr: torch.Tensor, seed: int) -> torch.Tensor:
         if self._pipe is None:
             self.load()
-        result = self._pipe(
-            lr, num_steps=self.num_steps, psr_weight=self.psr_weight, color_fix=self.color_fix.method,
-            wavelet_levels=self.color_fix.wavelet_levels, upscale=self.scale,
-            process_size=self.process_size, generator=torch.Generator().manual_seed(seed), output_type="pt",
-        )
+        result = self._pipe(lr, settings=self.sampler, generator=torch.Generator().manual_seed(seed), output_type="pt")
         return result.images.float().cpu()
 
 
-ADDSR_OPTIONS = {"steps": ("num_steps", int), "psr_weight": ("psr_weight", float), "color_fix": ("color_fix", str),
-                 "wavelet_levels": ("wavelet_levels", int), "process_size": ("process_size", int)}
+RECORDED_SAMPLER_FIELDS = ("num_steps", "psr_weight", "color_fix", "wavelet_levels", "process_size", "upscale")
+"""Sampler settings every AddSR record names; the others are recorded when they differ from the defaults."""
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings as JSON types (tuples as lists)."""
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+
+
+ADDSR_OPTIONS = {"steps": "num_steps"}
+"""Spec options named otherwise than their sampler setting; any other setting goes by its own name."""
 ADDSR_FILES = {"base_model": "base_model_dir", "ram": "ram", "dape": "dape", "ram_tag_list": "ram_tag_list",
                "ram_tag_thresholds": "ram_tag_thresholds"}
+SAMPLER_FIELDS = [f.name for f in dataclasses.fields(SamplerSettings) if f.name != "upscale"]
 METHOD_SPEC_HELP = (
-    "bicubic | lanczos | spandrel:WEIGHTS | addsr:MODEL_DIR | addsr (the shipped default model), then optional ',key=value' options: name (all); "
-    f"{', '.join([*ADDSR_OPTIONS, *ADDSR_FILES])} (addsr)"
+    "bicubic | lanczos | spandrel:WEIGHTS | addsr:MODEL_DIR | addsr (the shipped default model), then optional "
+    "',key=value' options: name (all); steps or any sampler setting (addsr.sampling.SamplerSettings: "
+    f"{', '.join(name for name in SAMPLER_FIELDS if name != 'num_steps')}) and {', '.join(ADDSR_FILES)} (addsr)"
 )
 
 
@@ -249,7 +255,9 @@ def _options(spec: str, items: list[str], allowed: set[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in allowed:
-            raise ValueError(f"Bad option {item!r} in method {spec!r}; options here: {sorted(allowed)}. "
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close and sep else ""
+            raise ValueError(f"Bad option {item!r} in method {spec!r}{hint}; options here: {sorted(allowed)}. "
                              f"Format: {METHOD_SPEC_HELP}")
         options[key] = value
     return options
@@ -259,8 +267,8 @@ def parse_method(
     spec: str, scale: int = 4, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
 ) -> SuperResolutionMethod:
     """A method from a spec such as ``bicubic``, ``spandrel:weights/realesrgan-x4plus.pth,name=Real-ESRGAN`` or
-    ``addsr:models/addsr,steps=1,psr_weight=0.4,color_fix=wavelet`` (see ``METHOD_SPEC_HELP``); ``addsr`` with no
-    folder is the shipped default model."""
+    ``addsr:models/addsr,steps=1,psr_weight=0.4,color_fix=wavelet`` (see ``METHOD_SPEC_HELP``; the values are read
+    as in config files, :mod:`addsr.config`); ``addsr`` with no folder is the shipped default model."""
     head, *items = spec.split(",")
     kind, _, path = head.partition(":")
     if kind in PIL_FILTERS and not path:
@@ -268,13 +276,16 @@ def parse_method(
     if kind == "spandrel" and path:
         return SpandrelMethod(path, scale, device=device, dtype=dtype, **_options(spec, items, {"name"}))
     if kind == "addsr":
-        options = _options(spec, items, {"name", *ADDSR_OPTIONS, *ADDSR_FILES})
+        allowed = {"name", *ADDSR_OPTIONS, *SAMPLER_FIELDS, *ADDSR_FILES}
+        options = _options(spec, items, allowed)
+        sampler = {ADDSR_OPTIONS.get(key, key): value for key, value in options.items()
+                   if ADDSR_OPTIONS.get(key, key) in SAMPLER_FIELDS}
         try:
-            arguments = {ADDSR_OPTIONS[key][0]: ADDSR_OPTIONS[key][1](value) for key, value in options.items()
-                         if key in ADDSR_OPTIONS}
-        except ValueError as error:
-            raise ValueError(f"Bad option value in method {spec!r}: {error}") from None
+            settings = merge_config(DEFAULT_SAMPLER, parse_overrides([f"{k}={v}" for k, v in sampler.items()]),
+                                    source=f"method {spec!r}")
+        except ConfigError as error:
+            raise ValueError(f"Bad option value: {error}") from None
         files = {ADDSR_FILES[key]: value for key, value in options.items() if key in ADDSR_FILES}
-        return AddSRMethod(path or None, scale=scale, name=options.get("name"), device=device, dtype=dtype,
-                           pipeline_files=files, **arguments)
+        return AddSRMethod(path or None, settings, scale=scale, name=options.get("name"), device=device, dtype=dtype,
+                           pipeline_files=files)
     raise ValueError(f"Cannot read method {spec!r}; expected {METHOD_SPEC_HELP}")

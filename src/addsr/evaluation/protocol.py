@@ -151,6 +151,7 @@ def evaluate(config: EvalConfig, methods: Sequence[SuperResolutionMethod] | None
 
     Writes under ``config.out_dir`` the files of :class:`~addsr.evaluation.layout.OutputLayout`; images already
     done there are skipped."""
+    config.check_datasets()
     layout = OutputLayout(config.out_dir)
     device = resolve_device(config.device)
     if methods is None:

@@ -23,7 +23,7 @@ from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ..diffusion import SD2_SCHEDULER_CONFIG, NoiseSchedule
-from ..pipeline import save_base_components
+from ..model_folder import BaseComponents, save_base_components
 from .controlnet import ControlNet
 from .unet import UNet
 
@@ -190,8 +190,8 @@ def build_small_base(
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        save_base_components(staging, models.vae, models.text_encoder, models.tokenizer,
-                             NoiseSchedule.from_config(SD2_SCHEDULER_CONFIG), None)
+        schedule = NoiseSchedule.from_config(SD2_SCHEDULER_CONFIG)
+        save_base_components(staging, BaseComponents(models.vae, models.text_encoder, models.tokenizer, schedule))
         models.unet.save_pretrained(staging / "unet")
         models.controlnet.save_pretrained(staging / "controlnet")
         write_discriminator_backbones(staging / "discriminator", seed)

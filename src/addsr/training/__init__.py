@@ -1,9 +1,9 @@
 """Training: the SeeSR-style teacher and TA-ADD distillation of the AddSR student, on one device or many."""
 
+from ..config import ConfigError, load_config
 from .checkpoints import TrainingState, list_checkpoints, resolve_resume
 from .components import FrozenComponents, select_trainable
 from .config import (
-    ConfigError,
     DataConfig,
     DistillationConfig,
     DistillationModelConfig,
@@ -14,7 +14,6 @@ from .config import (
     TaggerConfig,
     TeacherModelConfig,
     TeacherTrainingConfig,
-    load_config,
     load_data_config,
 )
 from .data import HRCropDataset, ShardedSampler, TrainingBatch, TrainingBatchMaker

@@ -1,11 +1,13 @@
 """Training checkpoints: ``output_dir/checkpoints/step-000123/`` in the released model folder layout plus the
 state needed to resume, written atomically.
 
-A checkpoint folder holds ``unet/`` and ``controlnet/`` (the exported, EMA weights), ``vae/ text_encoder/
-tokenizer/ scheduler/`` and ``ram/`` (hard links to ``output_dir/components/``), so ``addsr upscale --model`` takes
-it as it is, and ``training_state/``: the raw trainable weights, the EMA, the discriminator heads, the optimiser
-and loss-scaler states and ``state.json`` (step, batch layout, seed). It is written under a temporary name and
-renamed into place; the rename is the commit point, so a kill at any moment leaves every ``step-*`` folder complete.
+A checkpoint folder holds the trained models (teacher and distillation runs: ``unet/`` and ``controlnet/``; VAE
+runs: ``vae/``), as exported (EMA) weights, the frozen parts (``vae/ text_encoder/ tokenizer/ scheduler/`` and
+``ram/``: hard links to ``output_dir/components/``), so ``addsr upscale --model`` takes a teacher or student
+checkpoint as it is, and ``training_state/``: the raw trainable weights, the EMA, the discriminator heads, the
+optimiser and loss-scaler states and ``state.json`` (step, batch layout, seed). It is written under a temporary
+name and renamed into place; the rename is the commit point, so a kill at any moment leaves every ``step-*`` folder
+complete.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def checkpoints_dir(output_dir: str | Path) -> Path:
 
 
 def is_complete(folder: Path) -> bool:
-    return (folder / STATE_FOLDER / STATE_FILE).is_file() and (folder / "unet").is_dir()
+    """Whether ``folder`` is a checkpoint: its state file is written last, just before the rename into place."""
+    return (folder / STATE_FOLDER / STATE_FILE).is_file()
 
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:

@@ -4,42 +4,51 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from diffusers import AutoencoderKL
-from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..diffusion import NoiseSchedule
+from ..model_folder import (
+    NETWORKS,
+    BaseComponents,
+    base_component_paths,
+    load_base_components,
+    load_tagger,
+    locate,
+    model_folders,
+    network_paths,
+    save_base_components,
+)
 from ..models import ControlNet, UNet
-from ..pipeline import BASE_COMPONENTS, save_base_components
-from ..tagging import RAMTagger, Tagger
-from .config import DistillationModelConfig, TaggerConfig, TeacherModelConfig
+from ..tagging import Tagger
+from .config import DataConfig, DistillationModelConfig, OptimizationConfig, TaggerConfig, TeacherModelConfig
+from .data import TrainingBatchMaker
+from .tags import load_cached_tags
 from .trainable import trainable_parameters
 
 logger = logging.getLogger(__name__)
 
-WHOLE_MODELS = ("unet", "controlnet")
+WHOLE_MODELS = NETWORKS
+BASE_MODEL_HINT = (
+    "Set model.base_model to a Stable Diffusion 2 base folder (stabilityai/stable-diffusion-2-base) or point the "
+    "model folders at complete model folders."
+)
 
 
 @dataclass
-class FrozenComponents:
+class FrozenComponents(BaseComponents):
     """The parts a run uses but does not train: Stable Diffusion 2's VAE, text encoder, tokenizer and schedule,
     and the tagger."""
 
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
-    schedule: NoiseSchedule
-    tagger: Tagger | None
+    tagger: Tagger | None = None
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``vae/ text_encoder/ tokenizer/ scheduler/`` and, when the tagger can save itself, ``ram/``."""
         folder = Path(folder)
-        save_base_components(folder, self.vae, self.text_encoder, self.tokenizer, self.schedule, self.tagger)
+        save_base_components(folder, self, self.tagger)
         if self.tagger is not None and not hasattr(self.tagger, "save_pretrained"):
             logger.warning("The tagger (%s) cannot save itself: checkpoints will lack ram/", type(self.tagger).__name__)
         return folder
@@ -54,6 +63,26 @@ def move_to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.M
     return module
 
 
+def prompt_batches(config: DataConfig, frozen: FrozenComponents) -> Callable[[list[Path]], TrainingBatchMaker]:
+    """The batch maker of teacher and distillation runs (degraded LR, prompts and their text embeddings) for a run's
+    HR images: prompts from the cached tags with ``tag_source: cache``, else from the (possibly offloaded) tagger."""
+
+    def make(images: list[Path]) -> TrainingBatchMaker:
+        cached_tags = load_cached_tags(config.tag_cache.file, images) if config.tag_source == "cache" else None
+        return TrainingBatchMaker(config, frozen.tokenizer, frozen.text_encoder, frozen.tagger, cached_tags)
+
+    return make
+
+
+def prepare_students(models: Sequence[nn.Module], frozen: FrozenComponents, optimization: OptimizationConfig) -> None:
+    """The attention kernels of the trained U-Net and ControlNet and, when asked, gradient checkpointing of them and
+    of the frozen VAE (whose decoder the TA-ADD loss back-propagates through)."""
+    set_attention(models, optimization.attention)
+    if optimization.gradient_checkpointing:
+        for model in (*models, frozen.vae):
+            model.enable_gradient_checkpointing()
+
+
 def set_attention(models: Sequence[nn.Module], kind: str) -> None:
     """``sdpa``: PyTorch's ``scaled_dot_product_attention`` (diffusers' default); ``eager``: softmax(QK^T)V written
     out, which holds every attention matrix in memory."""
@@ -63,58 +92,17 @@ def set_attention(models: Sequence[nn.Module], kind: str) -> None:
         model.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
 
 
-def model_folders(*folders: str | Path | None) -> list[Path]:
-    """The given folders that are set, in order of preference."""
-    return [Path(folder) for folder in folders if folder is not None]
-
-
-def locate(name: str, folders: Sequence[Path]) -> Path:
-    """The first ``folder/name`` that exists, or an error naming the folders searched."""
-    for folder in folders:
-        if (folder / name).is_dir():
-            return folder / name
-    searched = ", ".join(map(str, folders)) or "no folder (none configured)"
-    raise FileNotFoundError(
-        f"No '{name}/' folder in {searched}. Set model.base_model to a Stable Diffusion 2 base folder "
-        "(stabilityai/stable-diffusion-2-base) or point the model folders at complete model folders."
-    )
-
-
-def load_tagger(config: TaggerConfig, folders: Sequence[Path]) -> Tagger | None:
-    """The configured RAM tagger: a saved ``ram/`` folder or RAM's ``.pth`` (plus DAPE); unset: a ``ram/`` folder
-    among ``folders``, else None."""
-    if config.ram is None:
-        if config.dape is not None:
-            raise ValueError("tagger.dape is merged over RAM: set tagger.ram to ram_swin_large_14m.pth too")
-        found = [folder / "ram" for folder in folders if (folder / "ram").is_dir()]
-        return RAMTagger.from_pretrained(found[0]).eval() if found else None
-    ram = Path(config.ram)
-    if ram.is_dir():
-        return RAMTagger.from_pretrained(ram).eval()
-    if config.tag_list is None:
-        raise ValueError(f"tagger.ram = {ram} is a checkpoint: set tagger.tag_list to RAM's ram_tag_list.txt too")
-    return RAMTagger.from_checkpoints(
-        ram, dape=config.dape, tag_list=config.tag_list, tag_thresholds=config.tag_thresholds
-    ).eval()
-
-
 def load_frozen_components(
     folders: Sequence[Path], tagger: TaggerConfig, vae_model: Path | None = None
 ) -> FrozenComponents:
     """The VAE, text encoder, tokenizer and schedule from the first of ``folders`` that has each (logged, since a
     model folder earlier in the list overrides the base model's), the VAE from ``vae_model`` when set, and the
-    tagger."""
-    searched = {name: list(folders) for name in BASE_COMPONENTS}
-    if vae_model is not None:
-        searched["vae"] = [vae_model]
-    paths = {name: locate(name, places) for name, places in searched.items()}
+    tagger (:mod:`addsr.model_folder`'s rules)."""
+    paths = base_component_paths(folders, BASE_MODEL_HINT, vae_folder=vae_model)
     logger.info("Frozen parts: %s", ", ".join(f"{name} from {path}" for name, path in paths.items()))
     return FrozenComponents(
-        vae=AutoencoderKL.from_pretrained(paths["vae"]),
-        text_encoder=CLIPTextModel.from_pretrained(paths["text_encoder"]),
-        tokenizer=CLIPTokenizer.from_pretrained(paths["tokenizer"]),
-        schedule=NoiseSchedule.from_pretrained(paths["scheduler"]),
-        tagger=load_tagger(tagger, folders),
+        **vars(load_base_components(paths)),
+        tagger=load_tagger(folders, tagger.ram, tagger.dape, tagger.tag_list, tagger.tag_thresholds),
     )
 
 
@@ -129,11 +117,8 @@ def embedding_width(tagger: Tagger) -> int:
 
 def load_models(folder: str | Path) -> tuple[UNet, ControlNet]:
     """The ``unet/`` and ``controlnet/`` of a SeeSR/AddSR model folder."""
-    folder = Path(folder)
-    for name in WHOLE_MODELS:
-        if not (folder / name).is_dir():
-            raise FileNotFoundError(f"{folder} has no '{name}/' folder: is it a SeeSR or AddSR model folder?")
-    return UNet.from_pretrained(folder / "unet"), ControlNet.from_pretrained(folder / "controlnet")
+    paths = network_paths(folder)
+    return UNet.from_pretrained(paths["unet"]), ControlNet.from_pretrained(paths["controlnet"])
 
 
 def new_teacher_models(base_unet: Path, tagger: Tagger | None, from_scratch: bool) -> tuple[UNet, ControlNet]:
@@ -159,8 +144,8 @@ def load_teacher_training_models(
     if config.init_model is not None:
         unet, controlnet = load_models(config.init_model)
     else:
-        unet, controlnet = new_teacher_models(locate("unet", model_folders(config.base_model)), frozen.tagger,
-                                              config.from_scratch)
+        base_unet = locate("unet", model_folders(config.base_model), BASE_MODEL_HINT)
+        unet, controlnet = new_teacher_models(base_unet, frozen.tagger, config.from_scratch)
     return unet, controlnet, frozen
 
 

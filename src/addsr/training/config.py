@@ -1,4 +1,5 @@
-"""Training configurations as dataclasses, loaded from YAML or TOML files with ``--set key=value`` overrides.
+"""Training configurations as dataclasses, loaded with :mod:`addsr.config` (YAML or TOML files, ``--set key=value``
+overrides).
 
 Every field has a default (the paper's or the released code's value, see ``docs/training.md``); a file only names
 what it changes. Unknown keys are errors that name the key. Relative paths are taken from the current folder.
@@ -6,32 +7,24 @@ what it changes. Unknown keys are errors that name the key. Relative paths are t
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Literal
 
-import yaml
-
+from ..config import ConfigError, merge_config, parse_overrides, read_config_file
 from ..degradations import RealESRGANDegradationConfig
+from ..sampling import SamplerSettings
 from .discriminator import ProjectedDiscriminatorConfig
 from .ta_add import TAADDConfig
 from .trainable import DEFAULT_TRAINABLE
 
-ConfigT = TypeVar("ConfigT")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 ATTENTION = ("sdpa", "eager")
 EMA_UPDATES = ("optimizer_step", "micro_step")
 TAG_SOURCES = ("tagger", "cache")
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that does not fit the configuration's fields."""
+DEVICES = ("auto", "cpu")
 
 
 # -- the configurations ----------------------------------------------------------------------------------------
@@ -82,18 +75,35 @@ class TagCacheConfig:
 
 
 @dataclass
-class DataConfig:
-    """HR training images, how they are cropped and degraded, and how prompts are made."""
+class CropConfig:
+    """HR training images and their random crops."""
 
     hr: list[str | HRSource] = field(default_factory=list)
     """Folders of HR images (searched recursively) and/or text files listing image paths, one a line; an entry may be
     ``{path: ..., first: N}`` to keep the first N images of the sorted listing."""
     crop_size: int = 512
-    """Side of the random square HR crop; a multiple of 8 and of the degradation scale."""
+    """Side of the random square HR crop; a multiple of 8 (and of the degradation scale)."""
     flip: bool = True
     """Random horizontal flips (released: yes; no rotations)."""
+    num_workers: int = 4
+    """Data loader worker processes (image decoding and cropping)."""
+
+    def __post_init__(self) -> None:
+        if self.crop_size <= 0 or self.crop_size % 8:
+            raise ValueError(f"crop_size must be a positive multiple of 8, got {self.crop_size}")
+        if any(isinstance(source, HRSource) and not source.path for source in self.hr):
+            raise ValueError("every entry of hr needs a path ({path: ..., first: N})")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be at least 0, got {self.num_workers}")
+
+
+@dataclass
+class DataConfig(CropConfig):
+    """HR training images, how they are cropped and degraded, and how prompts are made."""
+
     degradation: RealESRGANDegradationConfig = field(default_factory=RealESRGANDegradationConfig)
-    """Real-ESRGAN second-order degradation that makes the LR on the fly (SPEC section 3 values)."""
+    """Real-ESRGAN second-order degradation that makes the LR on the fly (the values of the released
+    `utils_data/make_paired_data.py`, ``args_degradation``)."""
     prompt_drop_probability: float = 0.5
     """Probability, per sample, of an empty prompt instead of the tags (released: 0.5)."""
     tag_source: Literal["tagger", "cache"] = "tagger"
@@ -103,25 +113,20 @@ class DataConfig:
     tags_from: Literal["hr", "lr"] = "hr"
     """With ``tag_source: tagger``, the image tagged for the prompt: the HR crop (target) or the LR."""
     tag_cache: TagCacheConfig = field(default_factory=TagCacheConfig)
-    num_workers: int = 4
-    """Data loader worker processes (image decoding and cropping)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         scale = self.degradation.scale
-        if self.crop_size <= 0 or self.crop_size % 8 or self.crop_size % scale:
+        if self.crop_size % scale:
             raise ValueError(
                 f"crop_size must be a positive multiple of 8 and of the scale {scale}, got {self.crop_size}"
             )
         if not 0.0 <= self.prompt_drop_probability <= 1.0:
             raise ValueError(f"prompt_drop_probability must be in [0, 1], got {self.prompt_drop_probability}")
-        if any(isinstance(source, HRSource) and not source.path for source in self.hr):
-            raise ValueError("every entry of hr needs a path ({path: ..., first: N})")
         _check_choice("tags_from", self.tags_from, ("hr", "lr"))
         _check_choice("tag_source", self.tag_source, TAG_SOURCES)
         if self.tag_source == "cache" and self.tag_cache.file is None:
             raise ValueError("tag_source: cache needs tag_cache.file (the JSON file `addsr train tags` writes)")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be at least 0, got {self.num_workers}")
 
 
 @dataclass
@@ -136,6 +141,9 @@ class OptimizationConfig:
     """Clip the trainable student parameters' gradient norm to this."""
     lr_warmup_steps: int = 0
     """Linear warm-up of the learning rate; 0 is the released constant rate."""
+    final_learning_rate: float | None = None
+    """After the warm-up, cosine decay from ``learning_rate`` to this at ``max_steps``; ``null``: constant
+    (released)."""
     ema_decay: float | None = 0.99
     """EMA of the trainable weights, exported in checkpoints; ``null`` (TOML: ``"none"``) exports the raw weights."""
     ema_update: Literal["optimizer_step", "micro_step"] = "optimizer_step"
@@ -162,6 +170,8 @@ class OptimizationConfig:
     """Seeds the data order, the crops and every random draw of a step (with the process index and step)."""
     find_unused_parameters: bool = False
     """DDP's ``find_unused_parameters`` for multi-process runs, for trainable sets with unused parameters."""
+    device: Literal["auto", "cpu"] = "auto"
+    """``auto``: accelerate's choice (each process's GPU, else MPS or the CPU); ``cpu`` also where a GPU exists."""
 
     def __post_init__(self) -> None:
         _check_positive("learning_rate", self.learning_rate)
@@ -177,11 +187,16 @@ class OptimizationConfig:
         _check_choice("ema_update", self.ema_update, EMA_UPDATES)
         if self.lr_warmup_steps < 0:
             raise ValueError(f"lr_warmup_steps must be at least 0, got {self.lr_warmup_steps}")
+        if self.final_learning_rate is not None and not 0 <= self.final_learning_rate <= self.learning_rate:
+            raise ValueError(
+                f"final_learning_rate must be in [0, learning_rate] or null, got {self.final_learning_rate}"
+            )
+        _check_choice("device", self.device, DEVICES)
 
 
 @dataclass
-class OutputConfig:
-    """Where a run writes, how often it checkpoints, logs and validates, and whether it resumes."""
+class RunOutputConfig:
+    """Where a run writes, how often it checkpoints and logs, and whether it resumes."""
 
     output_dir: str = "runs/addsr"
     checkpoint_every: int = 5000
@@ -191,25 +206,34 @@ class OutputConfig:
     resume: str | None = "auto"
     """``auto``: from the newest complete checkpoint in ``output_dir``, if any; a checkpoint folder; or ``null``."""
     log_every: int = 10
+    """Optimiser steps averaged into one log point (TensorBoard, else a log line)."""
     tensorboard: bool = True
     """Write TensorBoard event files to ``output_dir/logs`` (needs the ``tensorboard`` package)."""
     progress_bar: bool = True
-    validation_every: int = 1000
-    """Optimiser steps between validation grids; 0 turns validation off."""
-    validation_images: list[str] = field(default_factory=list)
-    """LR images (files or folders) upscaled by the current (EMA) model for the validation grids."""
-    validation_num_steps: int = 4
-    validation_process_size: int = 512
 
     def __post_init__(self) -> None:
         _check_positive("checkpoint_every", self.checkpoint_every)
         _check_positive("log_every", self.log_every)
         if self.keep_last is not None and self.keep_last < 1:
             raise ValueError(f"keep_last must be at least 1 or null, got {self.keep_last}")
+
+
+@dataclass
+class OutputConfig(RunOutputConfig):
+    """Where a teacher or distillation run writes, and its validation grids."""
+
+    validation_every: int = 1000
+    """Optimiser steps between validation grids; 0 turns validation off."""
+    validation_images: list[str] = field(default_factory=list)
+    """LR images (files or folders) upscaled by the current (EMA) model for the validation grids."""
+    validation_sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    """How the validation images are upscaled (:class:`addsr.sampling.SamplerSettings`: ``num_steps``,
+    ``process_size``, ``psr_weight``, ...); the released inference's settings by default."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.validation_every < 0:
             raise ValueError(f"validation_every must be at least 0, got {self.validation_every}")
-        if not 1 <= self.validation_num_steps <= 4:
-            raise ValueError(f"validation_num_steps must be between 1 and 4, got {self.validation_num_steps}")
 
 
 @dataclass
@@ -298,181 +322,6 @@ def _check_positive(name: str, value: float) -> None:
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
-# -- loading ---------------------------------------------------------------------------------------------------
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The mapping in a ``.yaml``/``.yml`` or ``.toml`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist")
-    suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
-    if suffix in (".yaml", ".yml"):
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    elif suffix == ".toml":
-        data = _load_toml(text, path)
-    else:
-        raise ConfigError(f"Config file {path} must end in .yaml, .yml or .toml")
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
-    return data
-
-
-def _load_toml(text: str, path: Path) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError:
-            raise ConfigError(f"Reading {path} needs Python 3.11 or the 'tomli' package; or use YAML") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path} is not valid TOML: {error}") from None
-
-
-def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """``["optimization.learning_rate=1e-5", ...]`` as a nested mapping; values are read as YAML scalars/lists."""
-    nested: dict[str, Any] = {}
-    for override in overrides:
-        key, separator, text = override.partition("=")
-        if not separator or not key.strip():
-            raise ConfigError(f"Override {override!r} must look like key.subkey=value")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"Override {override!r} has a value that is not valid YAML: {error}") from None
-        parts = key.strip().split(".")
-        target = nested
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"Override {override!r} conflicts with another override of {part!r}")
-        target[parts[-1]] = value
-    return nested
-
-
-def load_config(
-    path: str | Path | None, config_class: type[ConfigT], overrides: Sequence[str] = ()
-) -> ConfigT:
-    """Build ``config_class`` from its defaults, then the file at ``path`` (YAML or TOML), then ``overrides``."""
-    config = config_class()
-    if path is not None:
-        config = merge_config(config, read_config_file(path), source=str(path))
-    if overrides:
-        config = merge_config(config, parse_overrides(overrides), source="--set")
-    return config
-
-
-def merge_config(config: ConfigT, data: Mapping[str, Any], source: str = "config", prefix: str = "") -> ConfigT:
-    """A copy of the dataclass ``config`` with the values of ``data`` (nested mappings for nested dataclasses)."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'the config'}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(type(config))
-    known = {f.name for f in dataclasses.fields(config)}
-    changes: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ConfigError(
-                f"{source}: unknown key '{dotted}'{hint} Known keys here: {', '.join(sorted(known))}"
-            )
-        current = getattr(config, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
-            changes[key] = merge_config(current, value, source, prefix=f"{dotted}.")
-        else:
-            changes[key] = _coerce(value, hints[key], dotted, source)
-    try:
-        return dataclasses.replace(config, **changes)
-    except (ValueError, TypeError) as error:
-        where = prefix.rstrip(".") or type(config).__name__
-        raise ConfigError(f"{source}: invalid value in '{where}': {error}") from None
-
-
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
-    """``value`` as type ``hint`` (YAML/TOML scalars and lists to floats, tuples, ...), or a ConfigError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
-            return None
-        arms = [arm for arm in args if arm is not type(None)]
-        errors = []
-        for arm in arms:
-            try:
-                return _coerce(value, arm, key, source)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{source}: '{key}' = {value!r} fits none of {hint}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{source}: '{key}' must be one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if origin in (tuple, list):
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{source}: '{key}' must be a list of {len(args)} values, got {value!r}")
-            return tuple(_coerce(item, arm, f"{key}[{i}]", source) for i, (item, arm) in enumerate(zip(value, args)))
-        item_type = args[0] if args else Any
-        items = [_coerce(item, item_type, f"{key}[{i}]", source) for i, item in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
-        return merge_config(hint(), value, source, prefix=f"{key}.")
-    return _coerce_scalar(value, hint, key, source)
-
-
-SCALAR_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-
-
-def _coerce_scalar(value: Any, hint: Any, key: str, source: str) -> Any:
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "2e-5" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    else:
-        raise ConfigError(f"{source}: '{key}' has a type ({hint}) that config files cannot set")
-    raise ConfigError(f"{source}: '{key}' must be {SCALAR_NAMES[hint]}, got {value!r}")
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A dataclass config as plain YAML-safe data (tuples as lists)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {key: plain(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(item) for item in value]
-        return value
-
-    return plain(dataclasses.asdict(config))
 
 
 def load_data_config(path: str | Path, overrides: Sequence[str] = ()) -> DataConfig:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..degradations import RealESRGANDegradation
-from ..io import IMAGE_SUFFIXES, load_image
+from ..io import IMAGE_SUFFIXES, find_images, load_image
 from ..tagging import Tagger
 from .config import DataConfig, HRSource
 from ..draws import uniform
@@ -30,9 +30,9 @@ def derive_seed(*values: int) -> int:
 
 
 def list_hr_images(sources: Sequence[str | Path | HRSource]) -> list[Path]:
-    """Image files of folders (recursively, sorted) and of text files listing one path a line (relative paths are
-    taken from the list's folder; blank lines and ``#`` comments are skipped); an :class:`HRSource` with ``first``
-    keeps that many of its images."""
+    """Image files of folders (:func:`addsr.io.find_images`: recursively, sorted, hidden ones left out) and of text
+    files listing one path a line (relative paths are taken from the list's folder; blank lines and ``#`` comments
+    are skipped); an :class:`HRSource` with ``first`` keeps that many of its images."""
     if not sources:
         raise ValueError("No HR image sources: set data.hr to folders of HR images or text files listing them")
     images: list[Path] = []
@@ -46,7 +46,7 @@ def list_hr_images(sources: Sequence[str | Path | HRSource]) -> list[Path]:
 
 def _source_images(source: Path) -> list[Path]:
     if source.is_dir():
-        return sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return find_images([source], recursive=True)
     if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
         return [source]
     if source.is_file():

@@ -4,11 +4,13 @@ The small decoder is diffusers' ``AutoencoderTiny`` (TAESD's architecture); only
 The VAE, frozen, encodes random HR crops into scaled latents (posterior samples) and decodes them; the small
 decoder learns to reproduce that decode from the same latents (L1 plus L1 of the image gradients, the loss of
 ``addsr train vae``). Its scaling factor is 1: it reads the scaled latents the sampler predicts, so
-``AddSRPipeline.use_psr_decoder`` can decode PSR conditions with it. The loop is :func:`addsr.training.vae.fit`.
+``AddSRPipeline.use_psr_decoder`` can decode PSR conditions with it. The loop is the shared one
+(:mod:`addsr.training.runner`: accelerate, checkpoints, resuming).
 
-Output: ``output_dir/decoder/`` (an ``AutoencoderTiny`` folder, rewritten at every checkpoint; its encoder half is
-left as initialised), ``output_dir/config.yaml`` and ``output_dir/metrics.json``: PSNR of its decodes against the
-VAE's on the validation images (their posterior means) and the seconds one decode of each takes.
+Output: ``output_dir/checkpoints/step-*/decoder/`` (with the state to resume from), ``output_dir/decoder/`` (the
+final ``AutoencoderTiny`` folder; its encoder half is left as initialised), ``output_dir/config.yaml`` and
+``output_dir/metrics.json``: PSNR of its decodes against the VAE's on the validation images (their posterior means)
+and the seconds one decode of each takes.
 """
 
 from __future__ import annotations
@@ -20,25 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
-import yaml
+from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, AutoencoderTiny
 
 from ..denoiser import decode_latents, encode_images, latent_factor
-from ..devices import resolve_device
-from ..io import find_images, load_image, pil_to_tensor, save_text
+from ..io import find_images, load_image, pil_to_tensor, save_text, tensor_to_uint8
 from ..metrics.psnr import psnr
-from .config import config_to_dict
-from .vae import (
-    VAEDataConfig,
-    VAEOptimizationConfig,
-    VAEOutputConfig,
-    fit,
-    hr_batches,
-    image_gradients,
-    save_vae,
-    to_uint8,
-)
+from .config import CropConfig, OptimizationConfig, RunOutputConfig
+from .runner import TrainingRun, TrainingTask
+from .vae import VAEObjective, image_gradients, save_vae, signed_images
 
 TAESD_CHANNELS = 64
 """Channels of every block of the small decoder, as in TAESD."""
@@ -84,19 +78,37 @@ class DecoderLossConfig:
             raise ValueError(f"gradient_weight must be at least 0, got {self.gradient_weight}")
 
 
+def _decoder_data() -> CropConfig:
+    return CropConfig(crop_size=256, num_workers=1)
+
+
+def _decoder_optimization() -> OptimizationConfig:
+    """AdamW at 2e-4, betas (0.9, 0.99), no weight decay and no EMA, batch 8, float32."""
+    return OptimizationConfig(learning_rate=2e-4, betas=(0.9, 0.99), weight_decay=0.0, ema_decay=None, batch_size=8,
+                              mixed_precision="no", max_steps=20_000)
+
+
+@dataclass
+class DecoderOutputConfig(RunOutputConfig):
+    """Where the run writes, how often, and what it compares the decoders on."""
+
+    output_dir: str = "runs/psr-decoder"
+    checkpoint_every: int = 2000
+    log_every: int = 100
+    tensorboard: bool = False
+    validation_images: list[str] = field(default_factory=list)
+    """HR images (files or folders) on which ``metrics.json`` compares the small decoder with the VAE's."""
+
+
 @dataclass
 class DecoderTrainingConfig:
     """A small decoder distilled from a VAE's decoder (``addsr train decoder CONFIG``)."""
 
     model: DecoderModelConfig = field(default_factory=DecoderModelConfig)
-    data: VAEDataConfig = field(default_factory=VAEDataConfig)
+    data: CropConfig = field(default_factory=_decoder_data)
     loss: DecoderLossConfig = field(default_factory=DecoderLossConfig)
-    optimization: VAEOptimizationConfig = field(default_factory=lambda: VAEOptimizationConfig(learning_rate=2e-4))
-    output: VAEOutputConfig = field(default_factory=lambda: VAEOutputConfig(output_dir="runs/psr-decoder"))
-
-    def __post_init__(self) -> None:
-        if self.output.base_model is not None:
-            raise ValueError("output.base_model is for `addsr train vae`; a small decoder needs no base model")
+    optimization: OptimizationConfig = field(default_factory=_decoder_optimization)
+    output: DecoderOutputConfig = field(default_factory=DecoderOutputConfig)
 
 
 def decoder_loss(
@@ -112,6 +124,25 @@ def decoder_loss(
     l1 = F.l1_loss(output, target)
     gradient = sum(F.l1_loss(ours, theirs) for ours, theirs in zip(image_gradients(output), image_gradients(target)))
     return {"total": l1 + config.gradient_weight * gradient, "l1": l1, "gradient": gradient}
+
+
+class DecoderWithLoss(nn.Module):
+    """The trained small decoder beside the frozen VAE, with :func:`decoder_loss` as ``forward`` (so that
+    accelerate's wrapper sees the pass); saves as the small decoder."""
+
+    def __init__(self, vae: AutoencoderKL, decoder: AutoencoderTiny, config: DecoderLossConfig):
+        super().__init__()
+        self.vae, self.decoder, self.config = vae.eval().requires_grad_(False), decoder, config
+
+    def train(self, mode: bool = True) -> "DecoderWithLoss":
+        self.decoder.train(mode)
+        return self
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        return decoder_loss(self.vae, self.decoder, images, self.config, generator)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        self.decoder.save_pretrained(folder)
 
 
 @torch.no_grad()
@@ -130,39 +161,45 @@ def compare_decoders(vae: AutoencoderKL, decoder: AutoencoderTiny, paths: list[P
             start = time.perf_counter()
             decodes[name] = decode_latents(model, latents)
             seconds[name].append(time.perf_counter() - start)
-        scores[str(path)] = psnr(to_uint8(decodes["decoder"]), to_uint8(decodes["vae"]), crop_border=0)
+        scores[str(path)] = psnr(*(tensor_to_uint8(decodes[name])[0] for name in ("decoder", "vae")), crop_border=0)
     return {"psnr_y_against_vae_mean": float(np.mean(list(scores.values()))), "psnr_y_against_vae": scores,
             "seconds_per_decode": {name: float(np.mean(values)) for name, values in seconds.items()}}
 
 
 def train_decoder(config: DecoderTrainingConfig) -> Path:
-    """Distil the small decoder as ``config`` says; return its folder ``output_dir/decoder``."""
+    """Distil the small decoder as ``config`` says (resuming where a killed run stopped); return its folder
+    ``output_dir/decoder``. Run plainly (one process) or under ``accelerate launch``."""
     if config.model.vae is None:
         raise ValueError("model.vae: set the folder of the VAE whose decoder to imitate (a model's vae/)")
-    optimization, output = config.optimization, config.output
-    output_dir = Path(output.output_dir)
-    device = resolve_device(optimization.device)
-    torch.manual_seed(optimization.seed)
-    vae = AutoencoderKL.from_pretrained(config.model.vae).to(device).eval().requires_grad_(False)
-    decoder = config.model.build(vae).to(device).train()
+    set_seed(config.optimization.seed)  # the random initial decoder, the same in every process
+    vae = AutoencoderKL.from_pretrained(config.model.vae)
+    decoder = config.model.build(vae)
     if latent_factor(decoder) != latent_factor(vae):
         raise ValueError(f"model.init upsamples x{latent_factor(decoder)}, the VAE x{latent_factor(vae)}")
     decoder.encoder.requires_grad_(False)
-    parameters = list(decoder.decoder.parameters())
-    generator = torch.Generator(device).manual_seed(optimization.seed)
-    batches = hr_batches(config.data, optimization)
-    save_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), output_dir / "config.yaml")
-    folder = output_dir / "decoder"
-    train_seconds = fit(decoder, parameters, lambda images: decoder_loss(vae, decoder, images, config.loss, generator),
-                        batches, optimization, output, folder, device)
-    decoder.eval()
-    paths = find_images(output.validation_images) if output.validation_images else []
-    metrics = {
-        "steps": optimization.max_steps, "train_seconds": round(train_seconds, 1), "device": str(device),
-        "threads": torch.get_num_threads(), "vae": config.model.vae,
-        "parameters": sum(p.numel() for p in decoder.decoder.parameters()),
-        "vae_decoder_parameters": sum(p.numel() for p in vae.decoder.parameters()),
-        **(compare_decoders(vae, decoder, paths) if paths else {}),
-    }
-    save_text(json.dumps(metrics, indent=2), output_dir / "metrics.json")
+    task = TrainingTask(
+        models={"decoder": DecoderWithLoss(vae, decoder, config.loss)},
+        trainable={f"decoder.{name}": parameter for name, parameter in decoder.named_parameters()
+                   if parameter.requires_grad},
+        make_objective=lambda models, device, dtype: VAEObjective(models["decoder"]),
+        make_batches=lambda images: signed_images,
+    )
+    run = TrainingRun(config, task)
+    started = time.perf_counter()
+    run.train()
+    train_seconds = time.perf_counter() - started
+    folder = Path(config.output.output_dir) / "decoder"
+    if run.accelerator.is_main_process:
+        with run.ema_applied(), torch.no_grad():
+            save_vae(decoder.eval(), folder)
+            paths = find_images(config.output.validation_images) if config.output.validation_images else []
+            metrics = {
+                "steps": config.optimization.max_steps, "train_seconds": round(train_seconds, 1),
+                "device": str(run.device), "threads": torch.get_num_threads(), "vae": config.model.vae,
+                "parameters": sum(p.numel() for p in decoder.decoder.parameters()),
+                "vae_decoder_parameters": sum(p.numel() for p in vae.decoder.parameters()),
+                **(compare_decoders(vae, decoder, paths) if paths else {}),
+            }
+            save_text(json.dumps(metrics, indent=2), Path(config.output.output_dir) / "metrics.json")
+    run.accelerator.wait_for_everyone()
     return folder

@@ -14,12 +14,20 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from .components import DistillationModels, load_distillation_models, move_to, select_trainable, set_attention
+from .components import (
+    DistillationModels,
+    load_distillation_models,
+    move_to,
+    prepare_students,
+    prompt_batches,
+    select_trainable,
+    set_attention,
+)
 from .config import DistillationConfig
 from .data import TrainingBatch
 from .discriminator import ProjectedDiscriminator
 from .offload import CPU
-from .runner import TrainingRun, frozen
+from .runner import TrainingRun, TrainingTask, frozen
 from .ta_add import TAADDLoss
 
 
@@ -71,22 +79,28 @@ def train_distill(config: DistillationConfig) -> Path | None:
 
 def distillation_run(config: DistillationConfig, models: DistillationModels) -> TrainingRun:
     """The training run of ``config`` over ``models`` (loaded from the config's folders, or built in memory)."""
+    students = {"unet": models.student_unet, "controlnet": models.student_controlnet}
     trainable = select_trainable(models.student_unet, models.student_controlnet, config.trainable)
     discriminator = ProjectedDiscriminator.from_config(config.discriminator)
     frozen_components = models.frozen
     teachers = (models.teacher_unet, models.teacher_controlnet)
     set_attention(teachers, config.optimization.attention)
+    prepare_students(list(students.values()), frozen_components, config.optimization)
 
-    def make_objective(unet, controlnet, device, dtype) -> DistillationObjective:
+    def make_objective(trained, device, dtype) -> DistillationObjective:
         offload = config.optimization.offload_frozen and device.type != "cpu"
         for teacher in teachers:
             move_to(teacher, CPU if offload else device, dtype).eval()
         return DistillationObjective(TAADDLoss(
-            student_unet=unet, student_controlnet=controlnet, teacher_unet=models.teacher_unet,
+            student_unet=trained["unet"], student_controlnet=trained["controlnet"], teacher_unet=models.teacher_unet,
             teacher_controlnet=models.teacher_controlnet, vae=frozen_components.vae,
             discriminator=prepare_discriminator(discriminator, device, dtype), schedule=frozen_components.schedule,
             tagger=frozen_components.tagger, config=config.ta_add, teacher_device=device if offload else None,
         ))
 
-    return TrainingRun(config, models.student_unet, models.student_controlnet, trainable, frozen_components,
-                       make_objective, auxiliary_learning_rate=config.discriminator_learning_rate)
+    task = TrainingTask(
+        models=students, trainable=trainable, make_objective=make_objective,
+        make_batches=prompt_batches(config.data, frozen_components), frozen=frozen_components,
+        auxiliary_learning_rate=config.discriminator_learning_rate,
+    )
+    return TrainingRun(config, task)

@@ -1,8 +1,9 @@
-"""The training loop shared by teacher training and TA-ADD distillation: accelerate (one or many processes, mixed
-precision), AdamW, gradient accumulation and clipping, EMA, checkpoints and resuming, TensorBoard logging, a
-progress bar and validation images.
+"""The training loop shared by every training command (the VAE, the teacher, TA-ADD distillation): accelerate (one
+or many processes, mixed precision), AdamW with warm-up and an optional cosine decay, gradient accumulation and
+clipping, EMA, checkpoints and resuming, TensorBoard logging, a progress bar and validation grids.
 
-What is trained and how its loss is computed is an *objective* (:class:`Objective`); this module does the rest.
+What is trained, how a batch is made and how its loss is computed is a :class:`TrainingTask` (its loss: an
+*objective*, :class:`Objective`); this module does the rest.
 Every random draw of a micro-step comes from a generator seeded by ``(seed, process, step, micro-step)`` and the
 data position follows from the step, so a resumed run repeats an uninterrupted one exactly.
 """
@@ -10,10 +11,13 @@ data position follows from the step, so a resumed run repeats an uninterrupted o
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,12 +40,12 @@ from .checkpoints import (
     write_checkpoint,
     write_components,
 )
-from .components import FrozenComponents, move_to, set_attention
-from .config import DataConfig, OptimizationConfig, OutputConfig, config_to_dict
-from .data import TrainingBatch, TrainingBatchMaker, derive_seed, hr_dataloader, list_hr_images
+from .components import FrozenComponents, move_to
+from ..config import config_to_dict
+from .config import CropConfig, OptimizationConfig, OutputConfig, RunOutputConfig
+from .data import TrainingBatch, derive_seed, hr_dataloader, list_hr_images
 from .ema import ExponentialMovingAverage
 from .offload import CPU, OffloadedTagger
-from .tags import load_cached_tags
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +74,61 @@ class Objective(Protocol):
 
 
 class TrainingConfig(Protocol):
-    data: DataConfig
+    data: CropConfig
     optimization: OptimizationConfig
-    output: OutputConfig
+    output: RunOutputConfig
 
 
-ObjectiveFactory = Callable[[nn.Module, nn.Module, torch.device, torch.dtype], Objective]
-"""Builds the objective from the (possibly DDP-wrapped) student U-Net and ControlNet, the device and the dtype of
-frozen models; it moves its own frozen models there (or keeps them on the CPU with ``optimization.offload_frozen``)."""
+ObjectiveFactory = Callable[[dict[str, nn.Module], torch.device, torch.dtype], Objective]
+"""Builds the objective from the (possibly DDP-wrapped) trained models, the device and the dtype of frozen models;
+it moves its own frozen models there (or keeps them on the CPU with ``optimization.offload_frozen``)."""
+BatchMaker = Callable[[torch.Tensor, torch.Generator, list[int]], Any]
+"""Turns ``[B, 3, H, W]`` uint8 HR crops on the device, the micro-step's generator and the crops' image indices into
+the objective's batch."""
+
+
+@dataclass
+class TrainingTask:
+    """What a run trains and how, beside the loop itself."""
+
+    models: dict[str, nn.Module]
+    """The trained models, wrapped by accelerate and exported into every checkpoint as ``<name>/`` folders (each
+    has ``save_pretrained``)."""
+    trainable: Mapping[str, nn.Parameter]
+    """The parameters the optimiser updates, keyed ``<model>.<parameter>``; the others stay frozen."""
+    make_objective: ObjectiveFactory
+    make_batches: Callable[[list[Path]], BatchMaker]
+    """Builds the batch maker for the run's HR images, once the frozen models are on the device."""
+    frozen: FrozenComponents | None = None
+    """Frozen Stable Diffusion parts and tagger: moved to the device, linked into every checkpoint, and used by the
+    validation grids."""
+    auxiliary_learning_rate: float | None = None
+    """Learning rate of the objective's auxiliary module; unset: ``optimization.learning_rate``."""
+
+
+def learning_rate_factor(step: int, optimization: OptimizationConfig) -> float:
+    """The learning rate of optimiser step ``step`` (from 0) over ``learning_rate``: a linear warm-up over
+    ``lr_warmup_steps``, then constant, or a cosine decay to ``final_learning_rate`` at ``max_steps``."""
+    warmup = optimization.lr_warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    if optimization.final_learning_rate is None:
+        return 1.0
+    final = optimization.final_learning_rate / optimization.learning_rate
+    progress = (step - warmup) / max(optimization.max_steps - warmup, 1)
+    return final + (1 - final) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def learning_rate_schedule(
+    optimizer: torch.optim.Optimizer, optimization: OptimizationConfig, start: int = 0, base: float | None = None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """:func:`learning_rate_factor` times ``base`` (default: the optimiser's rate) from step ``start``; ``step()`` it
+    after each optimiser step."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"] if base is None else base
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(learning_rate_factor, optimization=optimization), last_epoch=start - 1
+    )
 
 
 def eight_bit_adamw() -> type[torch.optim.Optimizer]:
@@ -118,53 +169,45 @@ def _tensorboard_writer(log_dir: Path):
 class TrainingRun:
     """One run: builds the accelerator, optimisers, EMA and data, resumes if asked, and trains to ``max_steps``."""
 
-    def __init__(
-        self,
-        config: TrainingConfig,
-        unet: nn.Module,
-        controlnet: nn.Module,
-        trainable: Mapping[str, nn.Parameter],
-        frozen_components: FrozenComponents,
-        make_objective: ObjectiveFactory,
-        auxiliary_learning_rate: float | None = None,
-    ):
+    def __init__(self, config: TrainingConfig, task: TrainingTask):
         self.config = config
         optimization, output = config.optimization, config.output
         self.output_dir = Path(output.output_dir)
         self.accelerator = Accelerator(
-            mixed_precision=optimization.mixed_precision,
+            mixed_precision=optimization.mixed_precision, cpu=optimization.device == "cpu",
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=optimization.find_unused_parameters)],
         )
         self.device = self.accelerator.device
         self.weight_dtype = WEIGHT_DTYPES[optimization.mixed_precision]
-        self.frozen = frozen_components
-        self.trainable = dict(trainable)
+        self.frozen = task.frozen
+        self.trainable = dict(task.trainable)
         self.step = 0
         self._auxiliary_logs: dict[str, float] = {}
 
         self._prepare_output_dir()
-        self.unet, self.controlnet = self._prepare_models(unet, controlnet)
-        self.objective = make_objective(self.unet, self.controlnet, self.device, self.weight_dtype)
+        self.models = self._prepare_models(task.models)
+        self.objective = task.make_objective(self.models, self.device, self.weight_dtype)
         self.optimizer = self._adamw(list(self.trainable.values()), optimization.learning_rate,
                                      eight_bit=optimization.optimizer == "adamw8bit")
         self.ema = ExponentialMovingAverage(self.trainable, optimization.ema_decay) \
             if optimization.ema_decay is not None else None
-        self.auxiliary_optimizer = self._prepare_auxiliary(auxiliary_learning_rate)
+        self.auxiliary_learning_rate = task.auxiliary_learning_rate or optimization.learning_rate
+        self.auxiliary_optimizer = self._prepare_auxiliary()
         self._resume(resolve_resume(output.resume, self.output_dir))
+        self.schedules = [learning_rate_schedule(self.optimizer, optimization, self.step, optimization.learning_rate)]
+        if self.auxiliary_optimizer is not None:
+            self.schedules.append(learning_rate_schedule(self.auxiliary_optimizer, optimization, self.step,
+                                                         self.auxiliary_learning_rate))
         self.images = list_hr_images(config.data.hr)
-        cached_tags = load_cached_tags(config.data.tag_cache.file, self.images) \
-            if config.data.tag_source == "cache" else None
         self.data = self._data()
-        self.batch_maker = TrainingBatchMaker(
-            config.data, frozen_components.tokenizer, frozen_components.text_encoder, frozen_components.tagger,
-            cached_tags,
-        )
+        self.batch_maker = task.make_batches(self.images)
         self._log_batch()
         self.writer = _tensorboard_writer(self.output_dir / "logs") \
             if output.tensorboard and self.accelerator.is_main_process else None
+        self.validation = output if isinstance(output, OutputConfig) and output.validation_every else None
         self.validation_images = [(path.stem, pil_to_tensor(load_image(path)))
                                   for path in find_images(output.validation_images)] \
-            if output.validation_every and self.accelerator.is_main_process else []
+            if self.validation is not None and self.accelerator.is_main_process else []
 
     # -- setup -----------------------------------------------------------------------------------------------
 
@@ -177,13 +220,10 @@ class TrainingRun:
         self, parameters: list[nn.Parameter], learning_rate: float, eight_bit: bool = False
     ) -> torch.optim.Optimizer:
         optimization = self.config.optimization
-        optimizer = (eight_bit_adamw() if eight_bit else torch.optim.AdamW)(
+        return (eight_bit_adamw() if eight_bit else torch.optim.AdamW)(
             parameters, lr=learning_rate, betas=optimization.betas, weight_decay=optimization.weight_decay,
             eps=optimization.epsilon,
         )
-        for group in optimizer.param_groups:
-            group["base_lr"] = learning_rate
-        return optimizer
 
     def _prepare_output_dir(self) -> None:
         """Main process: clear leftovers of interrupted saves, write the config and the frozen components."""
@@ -191,27 +231,26 @@ class TrainingRun:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             remove_stale(self.output_dir)
             save_text(yaml.safe_dump(config_to_dict(self.config), sort_keys=False), self.output_dir / "config.yaml")
-            write_components(self.output_dir, self.frozen.save_pretrained)
+            if self.frozen is not None:
+                write_components(self.output_dir, self.frozen.save_pretrained)
         self.accelerator.wait_for_everyone()
 
-    def _prepare_models(self, unet: nn.Module, controlnet: nn.Module) -> tuple[nn.Module, nn.Module]:
+    def _prepare_models(self, models: dict[str, nn.Module]) -> dict[str, nn.Module]:
         """Frozen models to the device in the weight dtype (the tagger to the CPU when offloading, behind an
-        :class:`OffloadedTagger`); the student (float32) wrapped by accelerate."""
-        frozen, optimization = self.frozen, self.config.optimization
-        for module in (frozen.vae, frozen.text_encoder):
-            move_to(module, self.device, self.weight_dtype).eval().requires_grad_(False)
-        if isinstance(frozen.tagger, nn.Module):
-            move_to(frozen.tagger, CPU if self.offloading else self.device, self.weight_dtype)
-            frozen.tagger.eval().requires_grad_(False)
-            if self.offloading:
-                frozen.tagger = OffloadedTagger(frozen.tagger, self.device)
-        set_attention([unet, controlnet], optimization.attention)
-        if optimization.gradient_checkpointing:
-            for model in (unet, controlnet, frozen.vae):
-                model.enable_gradient_checkpointing()
-        return self.accelerator.prepare(unet.train(), controlnet.train())
+        :class:`OffloadedTagger`); the trained models (float32) wrapped by accelerate."""
+        frozen = self.frozen
+        if frozen is not None:
+            for module in (frozen.vae, frozen.text_encoder):
+                move_to(module, self.device, self.weight_dtype).eval().requires_grad_(False)
+            if isinstance(frozen.tagger, nn.Module):
+                move_to(frozen.tagger, CPU if self.offloading else self.device, self.weight_dtype)
+                frozen.tagger.eval().requires_grad_(False)
+                if self.offloading:
+                    frozen.tagger = OffloadedTagger(frozen.tagger, self.device)
+        prepared = self.accelerator.prepare(*(model.train() for model in models.values()))
+        return dict(zip(models, prepared if len(models) > 1 else [prepared]))
 
-    def _prepare_auxiliary(self, learning_rate: float | None) -> torch.optim.AdamW | None:
+    def _prepare_auxiliary(self) -> torch.optim.AdamW | None:
         """The objective's auxiliary module on the device, the same in every process, with its optimiser."""
         auxiliary = self.objective.auxiliary
         if auxiliary is None:
@@ -220,9 +259,7 @@ class TrainingRun:
         if self.accelerator.num_processes > 1:  # not wrapped in DDP: start every process from the main one's weights
             for tensor in auxiliary.state_dict().values():
                 tensor.copy_(broadcast(tensor.clone(), from_process=0))
-        if learning_rate is None:
-            learning_rate = self.config.optimization.learning_rate
-        return self._adamw([p for p in auxiliary.parameters() if p.requires_grad], learning_rate)
+        return self._adamw([p for p in auxiliary.parameters() if p.requires_grad], self.auxiliary_learning_rate)
 
     def _data(self) -> Iterator[torch.Tensor]:
         """HR crop batches of this process, from the position the current step has reached."""
@@ -305,7 +342,7 @@ class TrainingRun:
             if self.step % output.log_every == 0 or final:
                 self._log({key: sum(values) / len(values) for key, values in sorted(interval.items())})
                 interval.clear()
-            if output.validation_every and (self.step % output.validation_every == 0 or final):
+            if self.validation is not None and (self.step % self.validation.validation_every == 0 or final):
                 self._validate()
             if self.step % output.checkpoint_every == 0 or final:
                 last_checkpoint = self._save()
@@ -337,7 +374,7 @@ class TrainingRun:
             if self.ema is not None and optimization.ema_update == "micro_step" and not last:
                 self.ema.update()  # released: before the weights change, so the average takes them again
 
-        learning_rate = self._set_learning_rates()
+        learning_rate = self.optimizer.param_groups[0]["lr"]
         scaler = self.accelerator.scaler
         if scaler is not None:
             scaler.unscale_(self.optimizer)
@@ -349,6 +386,8 @@ class TrainingRun:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        for schedule in self.schedules:
+            schedule.step()
         if self.ema is not None:
             self.ema.update()
         return {**logs, **self._auxiliary_logs, "grad_norm": grad_norm.item(), "lr": learning_rate}
@@ -360,8 +399,8 @@ class TrainingRun:
         """DDP's gradient all-reduce only on the last micro-step of an optimiser step."""
         stack = contextlib.ExitStack()
         if not sync:
-            stack.enter_context(self.accelerator.no_sync(self.unet))
-            stack.enter_context(self.accelerator.no_sync(self.controlnet))
+            for model in self.models.values():
+                stack.enter_context(self.accelerator.no_sync(model))
         return stack
 
     def _step_auxiliary(self) -> None:
@@ -382,15 +421,6 @@ class TrainingRun:
             self.auxiliary_optimizer.step()
         self.auxiliary_optimizer.zero_grad(set_to_none=True)
 
-    def _set_learning_rates(self) -> float:
-        """Linear warm-up over ``lr_warmup_steps``, then constant; returns the student's rate."""
-        warmup = self.config.optimization.lr_warmup_steps
-        factor = min(1.0, (self.step + 1) / warmup) if warmup else 1.0
-        for optimizer in filter(None, (self.optimizer, self.auxiliary_optimizer)):
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor
-        return self.optimizer.param_groups[0]["lr"]
-
     # -- logging, validation, checkpoints ----------------------------------------------------------------------
 
     def _log(self, logs: dict[str, float]) -> None:
@@ -398,7 +428,11 @@ class TrainingRun:
         values = torch.tensor(list(logs.values()), device=self.device, dtype=torch.float64)
         if self.accelerator.num_processes > 1:
             values = self.accelerator.reduce(values, reduction="mean")
+        if not self.accelerator.is_main_process:
+            return
         if self.writer is None:
+            logger.info("step %d: %s", self.step, " ".join(f"{key} {value:.4g}" for key, value in
+                                                          zip(logs, values.tolist())))
             return
         for key, value in zip(logs, values.tolist()):
             self.writer.add_scalar(f"train/{key}", value, self.step)
@@ -408,28 +442,29 @@ class TrainingRun:
         """An inference pipeline over the live models (not moved or cast: the frozen parts stay as they are)."""
         frozen = self.frozen
         pipe = AddSRPipeline(
-            unet=self.accelerator.unwrap_model(self.unet), controlnet=self.accelerator.unwrap_model(self.controlnet),
+            unet=self.accelerator.unwrap_model(self.models["unet"]),
+            controlnet=self.accelerator.unwrap_model(self.models["controlnet"]),
             vae=frozen.vae, text_encoder=frozen.text_encoder, tokenizer=frozen.tokenizer, schedule=frozen.schedule,
             tagger=frozen.tagger,
         )
         pipe.device, pipe.dtype, pipe.progress_bar = self.device, torch.float32, False
         return pipe
 
-    def _ema_applied(self) -> contextlib.AbstractContextManager:
+    def ema_applied(self) -> contextlib.AbstractContextManager:
+        """The trained models with their EMA weights inside the block (the raw ones when there is no EMA)."""
         return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
     def _validate(self) -> None:
         """Upscale the validation LR images with the current (EMA) model; save a grid (condition | output per row)."""
-        output = self.config.output
         if not self.validation_images:
             return
         pipe = self._pipeline()
         rows = []
-        with self._ema_applied(), torch.no_grad(), self.accelerator.autocast():
+        with self.ema_applied(), torch.no_grad(), self.accelerator.autocast():
             for name, lr in self.validation_images:
                 result = pipe(
-                    lr, num_steps=output.validation_num_steps, process_size=output.validation_process_size,
-                    output_type="pt", generator=torch.Generator(self.device).manual_seed(self.config.optimization.seed),
+                    lr, settings=self.validation.validation_sampler, output_type="pt",
+                    generator=torch.Generator(self.device).manual_seed(self.config.optimization.seed),
                 )
                 restored = result.images.float()
                 condition = resize_images(lr, tuple(restored.shape[-2:]))
@@ -462,9 +497,9 @@ class TrainingRun:
         return path
 
     def _export_models(self, folder: Path) -> None:
-        with self._ema_applied():
-            self.accelerator.unwrap_model(self.unet).save_pretrained(folder / "unet")
-            self.accelerator.unwrap_model(self.controlnet).save_pretrained(folder / "controlnet")
+        with self.ema_applied():
+            for name, model in self.models.items():
+                self.accelerator.unwrap_model(model).save_pretrained(folder / name)
 
 
 def _stack_rows(rows: list[torch.Tensor]) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""TA-ADD: AddSR's timestep-adaptive adversarial diffusion distillation (SPEC section 3).
+"""TA-ADD: AddSR's timestep-adaptive adversarial diffusion distillation (paper Sec. 3; released `train_addsr.py`).
 
 One training iteration, in the released order (the discriminator is updated before the generator loss)::
 

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from ..degradations import ops
 from ..devices import resolve_device
 from ..io import load_image, pil_to_tensor, save_text
+from ..model_folder import load_tagger
 from ..tagging import Tagger
-from .components import load_tagger
 from .config import DataConfig
 from .data import list_hr_images
 
@@ -163,7 +163,8 @@ def write_tag_cache(
 def tag_hr_images(data: DataConfig, device: str | None = None, overwrite: bool = False, progress: bool = True) -> Path:
     """``addsr train tags``: load ``data.tag_cache.tagger`` (float32, on ``device``; default: a GPU if there is one)
     and write the tag cache."""
-    tagger = load_tagger(data.tag_cache.tagger, [])
+    files = data.tag_cache.tagger
+    tagger = load_tagger([], files.ram, files.dape, files.tag_list, files.tag_thresholds)
     if tagger is None:
         raise TagCacheError("Set data.tag_cache.tagger.ram (RAM's ram_swin_large_14m.pth) and its tag_list and "
                             "tag_thresholds: the tagger that makes the cached tags")

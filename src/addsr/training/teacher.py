@@ -21,12 +21,18 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..diffusion import NoiseSchedule
 from ..tagging import Tagger
-from .components import WHOLE_MODELS, load_teacher_training_models, select_trainable
+from .components import (
+    WHOLE_MODELS,
+    load_teacher_training_models,
+    prepare_students,
+    prompt_batches,
+    select_trainable,
+)
 from .config import TeacherTrainingConfig
 from .data import TrainingBatch
 from ..denoiser import check_pair, encode_images, predict_noise, tagger_embeddings
 from ..draws import randint
-from .runner import TrainingRun
+from .runner import TrainingRun, TrainingTask
 
 
 @dataclass
@@ -106,10 +112,16 @@ def train_teacher(config: TeacherTrainingConfig) -> Path | None:
     patterns = WHOLE_MODELS if config.train_all else config.trainable
     trainable = select_trainable(unet, controlnet, patterns)
 
-    def make_objective(unet, controlnet, device, dtype) -> TeacherObjective:
+    prepare_students([unet, controlnet], frozen_components, config.optimization)
+
+    def make_objective(models, device, dtype) -> TeacherObjective:
         return TeacherObjective(TeacherLoss(
-            unet=unet, controlnet=controlnet, vae=frozen_components.vae, schedule=frozen_components.schedule,
-            tagger=frozen_components.tagger,
+            unet=models["unet"], controlnet=models["controlnet"], vae=frozen_components.vae,
+            schedule=frozen_components.schedule, tagger=frozen_components.tagger,
         ))
 
-    return TrainingRun(config, unet, controlnet, trainable, frozen_components, make_objective).train()
+    task = TrainingTask(
+        models={"unet": unet, "controlnet": controlnet}, trainable=trainable, make_objective=make_objective,
+        make_batches=prompt_batches(config.data, frozen_components), frozen=frozen_components,
+    )
+    return TrainingRun(config, task).train()
