@@ -507,6 +507,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--tile", default="auto", help="the pipeline's tile: auto, 0 (untiled) or LR pixels")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per setting after the counting run")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting run (long runs: no floor)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--compare-float32", action="store_true", help="also report each dtype's distance from "
                         "float32 (max and mean |diff|, PSNR)")
@@ -562,7 +563,7 @@ def main() -> None:
             for size in args.size:
                 for steps in args.steps:
                     run, output = time_ours(pipe, clock, memory, images[size], steps, tile_argument(args.tile),
-                                            args.repeats, count_flops=True)
+                                            args.repeats, count_flops=not args.no_flops)
                     model = "random SD2" if args.random_sd2 else (args.model or "shipped small model")
                     run.setting = (f"{model}, {device.type} {str(dtype).removeprefix('torch.')}, LR {size} -> "
                                    f"{4 * size}, {steps} steps, tile {args.tile}"

@@ -229,28 +229,38 @@ def test_a_killed_run_resumes_through_the_shared_runner(tmp_path, caplog):
         assert torch.equal(weight, resumed.state_dict()[key]), key
 
 
-def test_a_tiny_decoder_distillation_imitates_the_vae_decoder(tmp_path):
-    """``addsr train decoder``: an AutoencoderTiny decoder learns the VAE's decodes of the VAE's own latents."""
+def test_the_train_decoder_command_distils_a_tiny_decoder_that_imitates_the_vae_decoder(tmp_path):
+    """``addsr train decoder``: an AutoencoderTiny decoder learns the VAE's decodes of the VAE's own latents, in the
+    shared training loop (its checkpoints), its encoder half untouched."""
+    from typer.testing import CliRunner
+
+    from addsr.cli import app
+
     hr = write_images(tmp_path / "hr", 3, (24, 28))
     val = write_images(tmp_path / "val", 1, (16, 16))
     tiny_vae().save_pretrained(tmp_path / "vae")
-    config = load_config(None, DecoderTrainingConfig, [
+    overrides = [
         f"model.vae={tmp_path / 'vae'}", "model.channels=8", "model.blocks_per_level=1", f"data.hr=[{hr}]",
         "data.crop_size=16", "data.num_workers=0", "optimization.batch_size=2", "optimization.max_steps=20",
         "optimization.learning_rate=3e-3", "optimization.device=cpu", f"output.output_dir={tmp_path / 'run'}",
-        f"output.validation_images=[{val}]", "output.progress_bar=false",
-    ])
+        "output.checkpoint_every=10", f"output.validation_images=[{val}]", "output.progress_bar=false",
+    ]
+    config = load_config(None, DecoderTrainingConfig, overrides)
     vae = AutoencoderKL.from_pretrained(tmp_path / "vae")
     images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
     torch.manual_seed(config.optimization.seed)  # as the run builds it
     untrained = config.model.build(vae)
     before = decoder_loss(vae, untrained, images, config.loss, torch.Generator().manual_seed(0))["total"]
-    decoder = load_small_decoder(train_decoder(config))
+    result = CliRunner().invoke(app, ["train", "decoder", str(ROOT / "configs" / "small" / "psr-decoder.yaml")]
+                                + [item for o in overrides for item in ("--set", o)])
+    assert result.exit_code == 0, result.output
+    decoder = load_small_decoder(tmp_path / "run" / "decoder")
     after = decoder_loss(vae, decoder, images, config.loss, torch.Generator().manual_seed(0))["total"]
 
     assert after < before
     assert decoder.config.scaling_factor == 1.0 and latent_factor(decoder) == latent_factor(vae)
     assert torch.equal(decoder.encoder.layers[0].weight, untrained.encoder.layers[0].weight)  # not trained
+    assert (tmp_path / "run" / "checkpoints" / "step-000010" / "decoder").is_dir()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 20 and len(metrics["psnr_y_against_vae"]) == 1
     assert set(metrics["seconds_per_decode"]) == {"vae", "decoder"}
