@@ -30,9 +30,9 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 from ..denoiser import decode_latents, encode_images, latent_factor
 from ..io import find_images, load_image, pil_to_tensor, save_text, tensor_to_uint8
 from ..metrics.psnr import psnr
-from .config import CropConfig, OptimizationConfig, RunOutputConfig
-from .runner import TrainingRun, TrainingTask
-from .vae import VAEObjective, image_gradients, save_vae, signed_images
+from .config import CropConfig, OptimizationConfig
+from .runner import TrainingRun
+from .vae import AutoencoderOutputConfig, autoencoder_optimization, image_gradients, save_vae, train_autoencoder
 
 TAESD_CHANNELS = 64
 """Channels of every block of the small decoder, as in TAESD."""
@@ -78,37 +78,17 @@ class DecoderLossConfig:
             raise ValueError(f"gradient_weight must be at least 0, got {self.gradient_weight}")
 
 
-def _decoder_data() -> CropConfig:
-    return CropConfig(crop_size=256, num_workers=1)
-
-
-def _decoder_optimization() -> OptimizationConfig:
-    """AdamW at 2e-4, betas (0.9, 0.99), no weight decay and no EMA, batch 8, float32."""
-    return OptimizationConfig(learning_rate=2e-4, betas=(0.9, 0.99), weight_decay=0.0, ema_decay=None, batch_size=8,
-                              mixed_precision="no", max_steps=20_000)
-
-
-@dataclass
-class DecoderOutputConfig(RunOutputConfig):
-    """Where the run writes, how often, and what it compares the decoders on."""
-
-    output_dir: str = "runs/psr-decoder"
-    checkpoint_every: int = 2000
-    log_every: int = 100
-    tensorboard: bool = False
-    validation_images: list[str] = field(default_factory=list)
-    """HR images (files or folders) on which ``metrics.json`` compares the small decoder with the VAE's."""
-
-
 @dataclass
 class DecoderTrainingConfig:
     """A small decoder distilled from a VAE's decoder (``addsr train decoder CONFIG``)."""
 
     model: DecoderModelConfig = field(default_factory=DecoderModelConfig)
-    data: CropConfig = field(default_factory=_decoder_data)
+    data: CropConfig = field(default_factory=lambda: CropConfig(crop_size=256, num_workers=1))
     loss: DecoderLossConfig = field(default_factory=DecoderLossConfig)
-    optimization: OptimizationConfig = field(default_factory=_decoder_optimization)
-    output: DecoderOutputConfig = field(default_factory=DecoderOutputConfig)
+    optimization: OptimizationConfig = field(default_factory=lambda: autoencoder_optimization(2e-4, 20_000))
+    output: AutoencoderOutputConfig = field(default_factory=lambda: AutoencoderOutputConfig(
+        output_dir="runs/psr-decoder", checkpoint_every=2000, log_every=100))
+    """``validation_images``: where ``metrics.json`` compares the small decoder with the VAE's."""
 
 
 def decoder_loss(
@@ -177,29 +157,20 @@ def train_decoder(config: DecoderTrainingConfig) -> Path:
     if latent_factor(decoder) != latent_factor(vae):
         raise ValueError(f"model.init upsamples x{latent_factor(decoder)}, the VAE x{latent_factor(vae)}")
     decoder.encoder.requires_grad_(False)
-    task = TrainingTask(
-        models={"decoder": DecoderWithLoss(vae, decoder, config.loss)},
-        trainable={f"decoder.{name}": parameter for name, parameter in decoder.named_parameters()
-                   if parameter.requires_grad},
-        make_objective=lambda models, device, dtype: VAEObjective(models["decoder"]),
-        make_batches=lambda images: signed_images,
-    )
-    run = TrainingRun(config, task)
-    started = time.perf_counter()
-    run.train()
-    train_seconds = time.perf_counter() - started
-    folder = Path(config.output.output_dir) / "decoder"
-    if run.accelerator.is_main_process:
-        with run.ema_applied(), torch.no_grad():
-            save_vae(decoder.eval(), folder)
-            paths = find_images(config.output.validation_images) if config.output.validation_images else []
-            metrics = {
-                "steps": config.optimization.max_steps, "train_seconds": round(train_seconds, 1),
-                "device": str(run.device), "threads": torch.get_num_threads(), "vae": config.model.vae,
-                "parameters": sum(p.numel() for p in decoder.decoder.parameters()),
-                "vae_decoder_parameters": sum(p.numel() for p in vae.decoder.parameters()),
-                **(compare_decoders(vae, decoder, paths) if paths else {}),
-            }
-            save_text(json.dumps(metrics, indent=2), Path(config.output.output_dir) / "metrics.json")
-    run.accelerator.wait_for_everyone()
-    return folder
+    return train_autoencoder(config, "decoder", DecoderWithLoss(vae, decoder, config.loss), decoder,
+                             lambda run, folder, seconds: _finish(config, vae, decoder.eval(), run, folder, seconds))
+
+
+def _finish(config: DecoderTrainingConfig, vae: AutoencoderKL, decoder: AutoencoderTiny, run: TrainingRun,
+            folder: Path, seconds: float) -> None:
+    """Write the small decoder and its metrics against the VAE."""
+    save_vae(decoder, folder)
+    paths = find_images(config.output.validation_images) if config.output.validation_images else []
+    metrics = {
+        "steps": config.optimization.max_steps, "train_seconds": round(seconds, 1), "device": str(run.device),
+        "threads": torch.get_num_threads(), "vae": config.model.vae,
+        "parameters": sum(p.numel() for p in decoder.decoder.parameters()),
+        "vae_decoder_parameters": sum(p.numel() for p in vae.decoder.parameters()),
+        **(compare_decoders(vae, decoder, paths) if paths else {}),
+    }
+    save_text(json.dumps(metrics, indent=2), Path(config.output.output_dir) / "metrics.json")
