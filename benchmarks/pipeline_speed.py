@@ -40,7 +40,6 @@ import tempfile
 import threading
 import time
 import types
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
