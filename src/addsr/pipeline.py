@@ -165,7 +165,7 @@ class AddSRPipeline:
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> AddSRPipeline:
         """Move to ``device`` (auto: CUDA, MPS, CPU) in ``dtype`` (auto: float32 on CPU, float16 elsewhere) and
         apply the speed-ups that keep the output (:mod:`addsr.speedups`). The VAE stays in float32 under float16,
-        where its decoder overflows. float16 on a CPU warns: it is emulated there, bfloat16 is the fast half type."""
+        where its decoder overflows. float16 on a CPU warns: it is slow there, bfloat16 is the fast half type."""
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         warn_if_slow(self.device, self.dtype)

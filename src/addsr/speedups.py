@@ -119,10 +119,11 @@ def speed_up(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def warn_if_slow(device: torch.device, dtype: torch.dtype) -> None:
-    """Warn about float16 on a CPU, which emulates it: bfloat16 is the half type CPUs run fast."""
+    """Warn about float16 on a CPU, where it is slow: bfloat16 is the half type CPUs run fast."""
     if device.type == "cpu" and dtype == torch.float16:
         warnings.warn(
-            "float16 on a CPU is emulated and slow (measured 3.6x slower than bfloat16, docs/performance.md); "
-            "use dtype bfloat16 (--dtype bfloat16) for half precision on a CPU, or float32 for the exact output",
+            "float16 is slow on a CPU (its matmuls measured 3x slower than bfloat16's, and the VAE stays in float32; "
+            "docs/performance.md): use dtype bfloat16 (--dtype bfloat16) for half precision on a CPU, or float32 for "
+            "the exact output",
             stacklevel=3,
         )
