@@ -65,7 +65,7 @@ def against_reference(out_dir: Path, records: list[dict[str, Any]], crop_border:
         if record["method"] == REFERENCE:
             continue
         keys = record["dataset"], record["degradation"]
-        ours, reference = (load_image(layout.sr(*keys, name, record["image"])) for name in
+        ours, reference = (np.asarray(load_image(layout.sr(*keys, name, record["image"]))) for name in
                            (record["method"], REFERENCE))
         scores.setdefault(record["method"], []).append(
             (psnr(ours, reference, crop_border=crop_border), ssim(ours, reference, crop_border=crop_border)))

@@ -111,13 +111,14 @@ class CountingTagger(TinyTagger):
 
 
 def test_the_first_step_tags_and_embeds_in_one_pass():
+    def call(pipe):
+        return pipe(lr_image(), num_steps=3, process_size=64, output_type="pt",
+                    generator=torch.Generator().manual_seed(0))
+
     tagger = CountingTagger()
-    fast = build_pipe(tagger=tagger)
-    result = fast(lr_image(), num_steps=3, process_size=64, output_type="pt", generator=torch.Generator().manual_seed(0))
+    result = call(build_pipe(tagger=tagger))
     assert tagger.passes == 1 and len(tagger.calls) == 3  # one pass for tags + first embeddings, then 2 PSR steps
-    two_calls = build_pipe()  # a TinyTagger without tags_and_embeddings: tags() and embeddings()
-    expected = two_calls(lr_image(), num_steps=3, process_size=64, output_type="pt",
-                         generator=torch.Generator().manual_seed(0))
+    expected = call(build_pipe())  # a TinyTagger without tags_and_embeddings: tags() and embeddings()
     assert result.prompts == expected.prompts
     torch.testing.assert_close(result.images, expected.images, atol=0, rtol=0)
 

@@ -147,7 +147,7 @@ def upscale(
                           "output."),
     ] = None,
     compile: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the models first: minutes up front, faster per image.")
+        bool, typer.Option("--compile", help="torch.compile the models first (the first image pays for compiling).")
     ] = False,
     ram: Annotated[Optional[Path], typer.Option(help="RAM checkpoint ram_swin_large_14m.pth.")] = None,
     dape: Annotated[Optional[Path], typer.Option(help="DAPE checkpoint, loaded over RAM.")] = None,

@@ -204,8 +204,8 @@ class AddSRPipeline:
 
     def compile(self, **options: Any) -> AddSRPipeline:
         """``torch.compile`` the U-Net, ControlNet, VAE and PSR decoder in place (``options`` go to
-        ``torch.compile``). Compiling takes minutes on a CPU and the first image pays for it; outputs agree with
-        the uncompiled ones to float rounding (docs/performance.md)."""
+        ``torch.compile``). The first image pays for the compiling; fused kernels change the output by float
+        rounding only. Its speed-up is not measured yet (docs/performance.md)."""
         for model in (self.unet, self.controlnet, self.vae, self.psr_decoder):
             if model is not None:
                 model.compile(**options)

@@ -122,7 +122,7 @@ def warn_if_slow(device: torch.device, dtype: torch.dtype) -> None:
     """Warn about float16 on a CPU, where it is slow: bfloat16 is the half type CPUs run fast."""
     if device.type == "cpu" and dtype == torch.float16:
         warnings.warn(
-            "float16 is slow on a CPU (its matmuls measured 3x slower than bfloat16's, and the VAE stays in float32; "
+            "float16 on a CPU is slow (its matmuls measured 3x slower than bfloat16's, and the VAE stays in float32; "
             "docs/performance.md): use dtype bfloat16 (--dtype bfloat16) for half precision on a CPU, or float32 for "
             "the exact output",
             stacklevel=3,
