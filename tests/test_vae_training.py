@@ -1,5 +1,6 @@
 """The small VAE trainer (addsr.training.vae): its loss, reconstruction of any image size, the scaling factor, and a
-whole tiny run that writes the VAE, its metrics and a base-model folder."""
+whole tiny run that writes the VAE, its metrics and a base-model folder; and the small PSR decoder distilled from a
+VAE with the same loop (addsr.training.decoder)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from addsr.config import ConfigError, load_config
+from addsr.denoiser import latent_factor
+from addsr.speedups import load_small_decoder
 from addsr.training.config import DistillationConfig, OptimizationConfig, TeacherTrainingConfig
+from addsr.training.decoder import DecoderTrainingConfig, decoder_loss, train_decoder
 from addsr.training.runner import learning_rate_schedule
 from addsr.training.vae import (
     VAELossConfig,
@@ -223,3 +227,52 @@ def test_a_killed_run_resumes_through_the_shared_runner(tmp_path, caplog):
                       for name in ("whole", "resumed"))
     for key, weight in whole.state_dict().items():
         assert torch.equal(weight, resumed.state_dict()[key]), key
+
+
+def test_the_train_decoder_command_distils_a_tiny_decoder_that_imitates_the_vae_decoder(tmp_path):
+    """``addsr train decoder``: an AutoencoderTiny decoder learns the VAE's decodes of the VAE's own latents, in the
+    shared training loop (its checkpoints), its encoder half untouched."""
+    from typer.testing import CliRunner
+
+    from addsr.cli import app
+
+    hr = write_images(tmp_path / "hr", 3, (24, 28))
+    val = write_images(tmp_path / "val", 1, (16, 16))
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    overrides = [
+        f"model.vae={tmp_path / 'vae'}", "model.channels=8", "model.blocks_per_level=1", f"data.hr=[{hr}]",
+        "data.crop_size=16", "data.num_workers=0", "optimization.batch_size=2", "optimization.max_steps=20",
+        "optimization.learning_rate=3e-3", "optimization.device=cpu", f"output.output_dir={tmp_path / 'run'}",
+        "output.checkpoint_every=10", f"output.validation_images=[{val}]", "output.progress_bar=false",
+    ]
+    config = load_config(None, DecoderTrainingConfig, overrides)
+    vae = AutoencoderKL.from_pretrained(tmp_path / "vae")
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    torch.manual_seed(config.optimization.seed)  # as the run builds it
+    untrained = config.model.build(vae)
+    before = decoder_loss(vae, untrained, images, config.loss, torch.Generator().manual_seed(0))["total"]
+    result = CliRunner().invoke(app, ["train", "decoder", str(ROOT / "configs" / "small" / "psr-decoder.yaml")]
+                                + [item for o in overrides for item in ("--set", o)])
+    assert result.exit_code == 0, result.output
+    decoder = load_small_decoder(tmp_path / "run" / "decoder")
+    after = decoder_loss(vae, decoder, images, config.loss, torch.Generator().manual_seed(0))["total"]
+
+    assert after < before
+    assert decoder.config.scaling_factor == 1.0 and latent_factor(decoder) == latent_factor(vae)
+    assert torch.equal(decoder.encoder.layers[0].weight, untrained.encoder.layers[0].weight)  # not trained
+    assert (tmp_path / "run" / "checkpoints" / "step-000010" / "decoder").is_dir()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 20 and len(metrics["psnr_y_against_vae"]) == 1
+    assert set(metrics["seconds_per_decode"]) == {"vae", "decoder"}
+
+
+def test_decoder_distillation_needs_the_vae():
+    config = DecoderTrainingConfig()
+    with pytest.raises(ValueError, match="model.vae"):
+        train_decoder(config)
+
+
+@pytest.mark.parametrize("name", ["psr-decoder.yaml", "small/psr-decoder.yaml"])
+def test_the_psr_decoder_recipes_load(name):
+    config = load_config(ROOT / "configs" / name, DecoderTrainingConfig)
+    assert config.model.vae and config.data.hr and config.output.validation_images

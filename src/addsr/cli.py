@@ -138,7 +138,17 @@ def upscale(
         Optional[int], typer.Option(help="Overlap of neighbouring tiles in input pixels; default: tile / 4.")
     ] = DEFAULT_SAMPLER.tile_overlap,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="auto (float32 on a CPU, float16 on a GPU), float32, bfloat16 or float16.")
+    ] = "auto",
+    psr_decoder: Annotated[
+        Optional[Path],
+        typer.Option(help="Small decoder folder (addsr train decoder) for the PSR conditions: faster, changes the "
+                          "output."),
+    ] = None,
+    compile: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the models first (the first image pays for compiling).")
+    ] = False,
     ram: Annotated[Optional[Path], typer.Option(help="RAM checkpoint ram_swin_large_14m.pth.")] = None,
     dape: Annotated[Optional[Path], typer.Option(help="DAPE checkpoint, loaded over RAM.")] = None,
     ram_tag_list: Annotated[Optional[Path], typer.Option(help="RAM's ram_tag_list.txt.")] = None,
@@ -164,7 +174,6 @@ def upscale(
 
     Under `accelerate launch -m addsr upscale ...` the files are shared out between the processes."""
     from .devices import resolve_device, resolve_dtype
-    from .pipeline import AddSRPipeline
     from .upscale import BatchSettings, UpscaleSettings, plan_batch
 
     sampler = _sampler_settings(
@@ -181,8 +190,8 @@ def upscale(
     _check_out_dir(out_dir)
     plan = plan_batch(inputs, out_dir, batch)
     load_pipeline = functools.partial(
-        AddSRPipeline.from_pretrained, model, base_model_dir=base_model, dtype=dtype, ram=ram, dape=dape,
-        ram_tag_list=ram_tag_list, ram_tag_thresholds=ram_tag_thresholds,
+        _load_with_speed_options, psr_decoder, compile, model, base_model_dir=base_model, dtype=dtype, ram=ram,
+        dape=dape, ram_tag_list=ram_tag_list, ram_tag_thresholds=ram_tag_thresholds,
     )
     report, main_process = _upscale_shared(plan, settings, device, load_pipeline)
     if main_process:
@@ -194,6 +203,16 @@ def upscale(
                    f"{len(report.failed)} failed")
     if report.failed:
         raise typer.Exit(1)
+
+
+def _load_with_speed_options(psr_decoder: Path | None, compile: bool, *args, **kwargs) -> AddSRPipeline:
+    """``AddSRPipeline.from_pretrained(*args, **kwargs)`` with the speed options of ``upscale``."""
+    from .pipeline import AddSRPipeline
+
+    pipe = AddSRPipeline.from_pretrained(*args, **kwargs)
+    if psr_decoder is not None:
+        pipe.use_psr_decoder(psr_decoder)
+    return pipe.compile() if compile else pipe
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -390,9 +409,12 @@ def evaluate(
     typer.echo(f"{run.computed} results computed, {run.skipped} already done; report in {run.out_dir}")
 
 
-train_app = typer.Typer(help="Train the SeeSR-style teacher, distil an AddSR student with TA-ADD, or train a VAE.",
+train_app = typer.Typer(help="Train the SeeSR-style teacher, distil an AddSR student with TA-ADD, train a VAE, or "
+                        "distil a small PSR decoder.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
+
+
 def _train(kind: str, config: Path, overrides: list[str]) -> None:
     import logging
 
@@ -402,6 +424,7 @@ def _train(kind: str, config: Path, overrides: list[str]) -> None:
         "vae": (training.VAETrainingConfig, training.train_vae, "VAE written to"),
         "teacher": (training.TeacherTrainingConfig, training.train_teacher, "last checkpoint:"),
         "distill": (training.DistillationConfig, training.train_distill, "last checkpoint:"),
+        "decoder": (training.DecoderTrainingConfig, training.train_decoder, "decoder written to"),
     }[kind]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -439,6 +462,12 @@ def train_teacher(config: ConfigArgument, overrides: SetOption = []) -> None:
 def train_distill(config: ConfigArgument, overrides: SetOption = []) -> None:
     """Distil the teacher into the few-step student with TA-ADD."""
     _train("distill", config, overrides)
+
+
+@train_app.command("decoder")
+def train_decoder(config: ConfigArgument, overrides: SetOption = []) -> None:
+    """Distil a small decoder from a model's VAE, for the PSR conditions (AddSRPipeline.use_psr_decoder)."""
+    _train("decoder", config, overrides)
 
 
 @train_app.command("tags")

@@ -22,8 +22,12 @@ def module_dtype(module: nn.Module) -> torch.dtype:
 
 
 def latent_factor(vae: nn.Module) -> int:
-    """Pixels per latent pixel along each side (8 for Stable Diffusion's VAE)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+    """Pixels per latent pixel along each side (8 for Stable Diffusion's VAE), of an ``AutoencoderKL`` or of the
+    decoder of an ``AutoencoderTiny``."""
+    config = vae.config
+    if "decoder_block_out_channels" in config:
+        return config.upsampling_scaling_factor ** (len(config.decoder_block_out_channels) - 1)
+    return 2 ** (len(config.block_out_channels) - 1)
 
 
 def check_pair(hr: torch.Tensor, lr: torch.Tensor) -> None:

@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, AutoencoderTiny
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tqdm.auto import tqdm
@@ -25,7 +25,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .colorfix import ColorFix
 from .denoiser import latent_factor, predict_noise, tagger_input
-from .devices import resolve_device, resolve_dtype
+from .devices import limit_cpu_threads, resolve_device, resolve_dtype
 from .diffusion import NoiseSchedule
 from .io import images_to_tensor, resize_images, tensor_to_pil
 from .model_folder import (
@@ -42,7 +42,8 @@ from .model_folder import (
 )
 from .models import ControlNet, UNet
 from .sampling import DEFAULT_SAMPLER, SamplerSettings
-from .tagging import Tagger
+from .speedups import load_small_decoder, speed_up, warn_if_slow
+from .tagging import Tagger, tags_and_embeddings
 from .tiling import Denoise, TiledDenoiser, TiledVAE, TileLayout, auto_tile_size, tiles_per_batch
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ BASE_MODEL_HINT = (
     "Pass base_model_dir (CLI: --base-model) pointing to a Stable Diffusion 2 base folder, or assemble a complete "
     "model folder with `addsr assemble`."
 )
+PROMPT_CACHE_SIZE = 8
+"""Prompt lists whose text embeddings a pipeline keeps, so that a batch of images with one prompt encodes it once."""
 ImageInput = Image.Image | np.ndarray | torch.Tensor | list
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -107,9 +110,12 @@ class AddSRPipeline:
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.schedule = schedule or NoiseSchedule.from_config()
         self.tagger = tagger
+        self.psr_decoder: AutoencoderTiny | None = None
+        """A small decoder for the PSR conditions only (:meth:`use_psr_decoder`); None: the VAE's."""
         self.default_color_fix = color_fix or ColorFix()
         self.progress_bar = True
         self.device, self.dtype = torch.device("cpu"), torch.float32
+        self._prompt_embeddings: dict[tuple[str, ...], torch.Tensor] = {}
 
     @classmethod
     def from_pretrained(
@@ -157,28 +163,69 @@ class AddSRPipeline:
         return model_dir
 
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> AddSRPipeline:
-        """Move to ``device`` (auto: CUDA, MPS, CPU) in ``dtype`` (auto: float32 on CPU, float16 elsewhere).
-        The VAE stays in float32 under float16, where its decoder overflows."""
+        """Move to ``device`` (auto: CUDA, MPS, CPU) in ``dtype`` (auto: float32 on CPU, float16 elsewhere) and
+        apply the speed-ups that keep the output (:mod:`addsr.speedups`). The VAE stays in float32 under float16,
+        where its decoder overflows. float16 on a CPU warns: it is slow there, bfloat16 is the fast half type."""
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        warn_if_slow(self.device, self.dtype)
+        if self.device.type == "cpu":
+            limit_cpu_threads()
         vae_dtype = torch.float32 if self.dtype == torch.float16 else self.dtype
         for model in (self.unet, self.controlnet, self.text_encoder):
             _move(model, self.device, self.dtype)
         _move(self.vae, self.device, vae_dtype)
+        if self.psr_decoder is not None:
+            _move(self.psr_decoder, self.device, vae_dtype)
+        for model in (self.unet, self.controlnet, self.vae, self.psr_decoder):
+            if model is not None:
+                speed_up(model, self.device)
         if hasattr(self.tagger, "to"):
             self.tagger.to(self.device, self.dtype)
             getattr(self.tagger, "eval", lambda: None)()
+        self._prompt_embeddings.clear()
+        return self
+
+    def use_psr_decoder(self, decoder: str | Path | AutoencoderTiny | None) -> AddSRPipeline:
+        """Decode the PSR conditions of steps 2 to 4 with a small decoder instead of the VAE: a diffusers
+        ``AutoencoderTiny`` (or its folder) trained on this model's latents by ``addsr train decoder``. The final
+        image is still decoded by the VAE. This changes the output (docs/performance.md measures by how much);
+        ``None`` goes back to the VAE."""
+        if isinstance(decoder, (str, Path)):
+            decoder = load_small_decoder(decoder)
+        self.psr_decoder = decoder
+        if decoder is not None:
+            if latent_factor(decoder) != latent_factor(self.vae):
+                raise ValueError(f"the PSR decoder upsamples x{latent_factor(decoder)}, the VAE x"
+                                 f"{latent_factor(self.vae)}: train one for this model with `addsr train decoder`")
+            _move(decoder, self.device, torch.float32 if self.dtype == torch.float16 else self.dtype)
+            speed_up(decoder, self.device)
+        return self
+
+    def compile(self, **options: Any) -> AddSRPipeline:
+        """``torch.compile`` the U-Net, ControlNet, VAE and PSR decoder in place (``options`` go to
+        ``torch.compile``). The first image pays for the compiling; fused kernels change the output by float
+        rounding only. Its speed-up is not measured yet (docs/performance.md)."""
+        for model in (self.unet, self.controlnet, self.vae, self.psr_decoder):
+            if model is not None:
+                model.compile(**options)
         return self
 
     # -- building blocks ------------------------------------------------------------------------------
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """CLIP text embeddings, padded to the tokenizer's maximum length."""
-        tokens = self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
-            return_tensors="pt",
-        )
-        return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
+        """CLIP text embeddings, padded to the tokenizer's maximum length; the last ``PROMPT_CACHE_SIZE`` prompt
+        lists are kept (until :meth:`to`), so that a batch of images with the same prompt encodes it once."""
+        key = tuple(prompts)
+        if key not in self._prompt_embeddings:
+            tokens = self.tokenizer(
+                prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+                return_tensors="pt",
+            )
+            if len(self._prompt_embeddings) >= PROMPT_CACHE_SIZE:
+                del self._prompt_embeddings[next(iter(self._prompt_embeddings))]
+            self._prompt_embeddings[key] = self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
+        return self._prompt_embeddings[key]
 
     def image_embeddings(self, images: torch.Tensor, mode: Literal["bilinear", "bicubic"]) -> torch.Tensor | None:
         """Tagger embeddings of whole images resized to its input size (``mode``: bilinear for the LR, bicubic for
@@ -258,12 +305,14 @@ class AddSRPipeline:
 
         # Condition c1: the LR image upscaled. Tags and first embeddings: the whole original LR (released test_addsr.py).
         condition_lr = resize_images(lr, condition_size(lr_height, lr_width, upscale, process_size)).clamp(0, 1)
-        if self.tagger is not None:
-            tags = self.tagger.tags(tagger_input(lr, self.tagger.input_size, "bilinear").to(self.dtype))
+        if self.tagger is not None:  # one pass of the tagger gives both
+            tags, image_embeds = tags_and_embeddings(
+                self.tagger, tagger_input(lr, self.tagger.input_size, "bilinear").to(self.device, self.dtype)
+            )
+            image_embeds = image_embeds.to(self.dtype)
         else:
-            tags = [None] * batch
+            tags, image_embeds = [None] * batch, None
         prompts = [build_prompt(tag, text, added_prompt) for tag, text in zip(tags, prompts)]
-        image_embeds = self.image_embeddings(lr, "bilinear")
         text = self.encode_prompts(prompts)
         negative_text = self.encode_prompts([negative_prompt] * batch) if guidance_scale > 1.0 else None
 
@@ -273,7 +322,9 @@ class AddSRPipeline:
         if not layout.is_single:
             logger.info("%dx%d input: %d x %d tiles of %d latent pixels (%dx%d latent), overlap %d", lr_width,
                         lr_height, *layout.grid, layout.tile, latent_size[1], latent_size[0], layout.overlap)
-        vae = TiledVAE(self.vae, dataclasses.replace(layout, overlap=0))  # its halo gives the context
+        vae_layout = dataclasses.replace(layout, overlap=0)  # its halo gives the context
+        vae = TiledVAE(self.vae, vae_layout)
+        psr_vae = TiledVAE(self.psr_decoder, vae_layout) if self.psr_decoder is not None else vae
         progress = tqdm(total=len(timesteps) * len(layout.boxes), desc="AddSR", unit="tile", leave=False,
                         disable=not self.progress_bar)
         denoise = TiledDenoiser(
@@ -294,7 +345,7 @@ class AddSRPipeline:
             lr_latents = vae.encode(condition_lr, generator).to(self.dtype)
             latents = self.schedule.add_noise(lr_latents, latents, timesteps[0])
         predicted_latents = sample_psr(
-            denoise, vae.decode, partial(self.image_embeddings, mode="bicubic"), self.schedule, latents,
+            denoise, psr_vae.decode, partial(self.image_embeddings, mode="bicubic"), self.schedule, latents,
             condition_lr, image_embeds, timesteps, psr_weight, draw_noise,
         )
         progress.close()
@@ -354,10 +405,14 @@ def sample_psr(
 
 
 def _move(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """Move to ``device`` and cast only when the dtype differs (diffusers warns on every cast)."""
+    """Move to ``device`` and cast to ``dtype``. Models with no modules to keep in float32 are cast as plain
+    ``nn.Module``s: diffusers' own ``to`` warns about its (empty) list of them on every cast."""
     model.to(device)
     if next(model.parameters()).dtype != dtype:
-        model.to(dtype=dtype)
+        if getattr(model, "_keep_in_fp32_modules", None):
+            model.to(dtype=dtype)
+        else:
+            torch.nn.Module.to(model, dtype=dtype)
     model.eval()
 
 

@@ -1,7 +1,7 @@
 """Image taggers: text tags for the prompt and embeddings for the image cross-attention."""
 
-from .base import Tagger
+from .base import Tagger, tags_and_embeddings
 from .checkpoint import RAMFileError
 from .ram import RAMConfig, RAMTagger
 
-__all__ = ["RAMConfig", "RAMFileError", "RAMTagger", "Tagger"]
+__all__ = ["RAMConfig", "RAMFileError", "RAMTagger", "Tagger", "tags_and_embeddings"]

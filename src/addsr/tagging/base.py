@@ -23,3 +23,12 @@ class Tagger(Protocol):
     def embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """Image embeddings ``[B, N, D]`` for the image cross-attention (RAM: N=145, D=512)."""
         ...
+
+
+def tags_and_embeddings(tagger: Tagger, images: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """``tagger.tags(images)`` and ``tagger.embeddings(images)``, from one pass through the tagger when it offers
+    ``tags_and_embeddings(images)`` (RAM does: its tags are read from its embeddings), else from two calls."""
+    both = getattr(tagger, "tags_and_embeddings", None)
+    if both is not None:
+        return both(images)
+    return tagger.tags(images), tagger.embeddings(images)

@@ -160,6 +160,12 @@ class RAMTagger(nn.Module):
         """One comma-separated tag string per image."""
         return self.decode_tags(self(images).logits)
 
+    @torch.no_grad()
+    def tags_and_embeddings(self, images: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """:meth:`tags` and :meth:`embeddings` of the same images from one pass through the Swin encoder."""
+        output = self(images)
+        return self.decode_tags(output.logits), output.embeddings
+
     @classmethod
     def from_checkpoints(
         cls,

@@ -17,6 +17,7 @@ from .config import (
     load_data_config,
 )
 from .data import HRCropDataset, ShardedSampler, TrainingBatch, TrainingBatchMaker
+from .decoder import DecoderTrainingConfig, train_decoder
 from .diffaug import diff_augment
 from .discriminator import ProjectedDiscriminator, ProjectedDiscriminatorConfig, create_backbone, load_backbone_weights
 from .distill import DistillationObjective, train_distill
@@ -41,6 +42,7 @@ __all__ = [
     "ConfigError",
     "DEFAULT_TRAINABLE",
     "DataConfig",
+    "DecoderTrainingConfig",
     "DiscriminatorLosses",
     "DistillationConfig",
     "DistillationModelConfig",
@@ -85,6 +87,7 @@ __all__ = [
     "resolve_resume",
     "select_trainable",
     "tag_hr_images",
+    "train_decoder",
     "train_distill",
     "train_teacher",
     "train_vae",

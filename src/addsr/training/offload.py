@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from ..tagging import Tagger
+from ..tagging import Tagger, tags_and_embeddings
 
 CPU = torch.device("cpu")
 
@@ -41,3 +41,7 @@ class OffloadedTagger:
     def embeddings(self, images: torch.Tensor) -> torch.Tensor:
         with on_device([self.tagger], self.device):
             return self.tagger.embeddings(images)
+
+    def tags_and_embeddings(self, images: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        with on_device([self.tagger], self.device):
+            return tags_and_embeddings(self.tagger, images)

@@ -103,15 +103,16 @@ def _vae_data() -> CropConfig:
     return CropConfig(crop_size=128, num_workers=1)
 
 
-def _vae_optimization() -> OptimizationConfig:
-    """AdamW at 4e-4, betas (0.9, 0.99), no weight decay and no EMA, batch 8, float32."""
-    return OptimizationConfig(learning_rate=4e-4, betas=(0.9, 0.99), weight_decay=0.0, ema_decay=None, batch_size=8,
-                              mixed_precision="no", max_steps=2000)
+def autoencoder_optimization(learning_rate: float = 4e-4, max_steps: int = 2000) -> OptimizationConfig:
+    """AdamW at ``learning_rate``, betas (0.9, 0.99), no weight decay and no EMA, batch 8, float32: the defaults of
+    the autoencoder runs (``addsr train vae`` and ``addsr train decoder``)."""
+    return OptimizationConfig(learning_rate=learning_rate, betas=(0.9, 0.99), weight_decay=0.0, ema_decay=None,
+                              batch_size=8, mixed_precision="no", max_steps=max_steps)
 
 
 @dataclass
-class VAEOutputConfig(RunOutputConfig):
-    """Where the run writes, how often, and what it validates on."""
+class AutoencoderOutputConfig(RunOutputConfig):
+    """Where an autoencoder run writes, how often, and what it validates on."""
 
     output_dir: str = "runs/vae"
     checkpoint_every: int = 500
@@ -119,6 +120,12 @@ class VAEOutputConfig(RunOutputConfig):
     tensorboard: bool = False
     validation_images: list[str] = field(default_factory=list)
     """HR images (files or folders) whose reconstruction PSNR goes into ``metrics.json``."""
+
+
+@dataclass
+class VAEOutputConfig(AutoencoderOutputConfig):
+    """An autoencoder run's outputs, and the VAE's scaling factor and base model."""
+
     scale_batches: int = 8
     """Training batches whose latent standard deviation sets the scaling factor."""
     base_model: str | None = None
@@ -138,7 +145,7 @@ class VAETrainingConfig:
     model: VAEModelConfig = field(default_factory=VAEModelConfig)
     data: CropConfig = field(default_factory=_vae_data)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
-    optimization: OptimizationConfig = field(default_factory=_vae_optimization)
+    optimization: OptimizationConfig = field(default_factory=autoencoder_optimization)
     output: VAEOutputConfig = field(default_factory=VAEOutputConfig)
 
 
@@ -253,20 +260,32 @@ def train_vae(config: VAETrainingConfig) -> Path:
     set_seed(config.optimization.seed)  # the random initial VAE, the same in every process
     vae = config.model.build()
     config.model.parameters_to_train(vae)
+    return train_autoencoder(config, "vae", VAEWithLoss(vae, config.loss), vae,
+                             lambda run, folder, seconds: _finish(config, vae.eval(), run, folder, seconds))
+
+
+def train_autoencoder(
+    config: VAETrainingConfig, name: str, model_with_loss: nn.Module, trained: nn.Module,
+    finish: Callable[[TrainingRun, Path, float], None],
+) -> Path:
+    """Train the parameters of ``trained`` that require gradients in the shared loop, ``model_with_loss(images,
+    generator)`` giving the loss terms of ``[-1, 1]`` HR crops; then, on the main process and with the EMA weights,
+    ``finish(run, folder, train_seconds)`` writes the results. Returns ``folder``, ``output_dir/name``."""
     task = TrainingTask(
-        models={"vae": VAEWithLoss(vae, config.loss)},
-        trainable={f"vae.{name}": parameter for name, parameter in vae.named_parameters() if parameter.requires_grad},
-        make_objective=lambda models, device, dtype: VAEObjective(models["vae"]),
+        models={name: model_with_loss},
+        trainable={f"{name}.{key}": parameter for key, parameter in trained.named_parameters()
+                   if parameter.requires_grad},
+        make_objective=lambda models, device, dtype: VAEObjective(models[name]),
         make_batches=lambda images: signed_images,
     )
     run = TrainingRun(config, task)
     started = time.perf_counter()
     run.train()
     train_seconds = time.perf_counter() - started
-    folder = Path(config.output.output_dir) / "vae"
+    folder = Path(config.output.output_dir) / name
     if run.accelerator.is_main_process:
         with run.ema_applied(), torch.no_grad():
-            _finish(config, vae.eval(), run, folder, train_seconds)
+            finish(run, folder, train_seconds)
     run.accelerator.wait_for_everyone()
     return folder
 
@@ -294,8 +313,9 @@ def _finish(config: VAETrainingConfig, vae: AutoencoderKL, run: TrainingRun, fol
                          seed=config.optimization.seed)
 
 
-def save_vae(vae: AutoencoderKL, folder: Path) -> Path:
-    """Write the VAE folder under a temporary name, then swap it into place."""
+def save_vae(vae: nn.Module, folder: Path) -> Path:
+    """Write a diffusers model folder (a VAE, or ``addsr train decoder``'s small decoder) under a temporary name,
+    then swap it into place."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     vae.save_pretrained(staging)
