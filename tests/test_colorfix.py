@@ -30,13 +30,13 @@ def test_wavelet_blur_taps_by_hand():
     torch.testing.assert_close(blurred[0, 2], expected)
 
 
-def test_wavelet_blur_in_bands_of_rows_equals_one_pass(monkeypatch):
+def test_wavelet_color_fix_in_bands_of_rows_equals_one_pass(monkeypatch):
     torch.manual_seed(0)
-    images = torch.rand(2, 3, 37, 23)
-    whole = [wavelet_blur(images, dilation) for dilation in (1, 4, 16)]
-    monkeypatch.setattr(colorfix, "BLUR_BAND_PIXELS", 5 * 23)  # bands of 5 rows, the last one of 2
-    for dilation, expected in zip((1, 4, 16), whole):
-        assert torch.equal(wavelet_blur(images, dilation), expected)
+    image, reference = torch.rand(2, 3, 90, 23), torch.rand(2, 3, 90, 23)
+    whole = {levels: wavelet_color_fix(image, reference, levels) for levels in (1, 3, 5)}
+    monkeypatch.setattr(colorfix, "WAVELET_BAND_PIXELS", 7 * 23)  # bands of 7 rows, the last one of 6
+    for levels, expected in whole.items():
+        assert torch.equal(wavelet_color_fix(image, reference, levels), expected)
 
 
 def test_wavelet_split_adds_up_and_takes_the_reference_low_frequencies():
