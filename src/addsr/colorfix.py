@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 WAVELET_LEVELS = 5
-WAVELET_BAND_PIXELS = 2**20
+WAVELET_BAND_PIXELS = 2**19
 
 
 def check_wavelet_levels(levels: int) -> None:
