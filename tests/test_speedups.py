@@ -175,13 +175,25 @@ def test_a_psr_decoder_folder_loads_with_the_speedups(tmp_path, monkeypatch):
     assert pipe.psr_decoder.decoder.layers[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_compile_compiles_every_model_in_place(monkeypatch):
+def test_compile_runs_every_network_of_the_pipeline_compiled():
+    """The VAE and PSR decoder are called through encode/decode, which compiling a module's forward misses."""
+    torch._dynamo.reset()
     pipe = build_pipe().use_psr_decoder(tiny_decoder())
-    compiled = []
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **options: compiled.append((self, options)))
-    assert pipe.compile(mode="max-autotune") is pipe
-    assert [model for model, _ in compiled] == [pipe.unet, pipe.controlnet, pipe.vae, pipe.psr_decoder]
-    assert all(options == {"mode": "max-autotune"} for _, options in compiled)
+    expected = run(pipe, lr_image())
+    graphs = []
+
+    def recording_backend(graph, example_inputs):
+        graphs.append((graph, example_inputs))
+        return graph.forward
+
+    assert pipe.compile(backend=recording_backend) is pipe
+    compiled = run(pipe, lr_image())
+    traced = {id(t) for graph, inputs in graphs for t in [*graph.parameters(), *inputs]}
+    for name, module in [("unet", pipe.unet), ("controlnet", pipe.controlnet), ("vae encoder", pipe.vae.encoder),
+                         ("vae decoder", pipe.vae.decoder), ("psr decoder", pipe.psr_decoder.decoder)]:
+        assert any(id(p) in traced for p in module.parameters()), f"the {name} did not run compiled"
+    torch.testing.assert_close(compiled, expected, atol=1e-5, rtol=0)
+    torch._dynamo.reset()
 
 
 def test_every_output_changing_option_is_off_by_default():
