@@ -130,7 +130,8 @@ class Event:
 
 class StageClock:
     """Times every call of the named modules (forward pre/post hooks) and, while ``counter`` is set, counts their
-    FLOPs; ``record`` adds a timed span from outside a module (the colour fix)."""
+    FLOPs; ``record`` adds a timed span from outside a module (the colour fix). The hooks run outside compiled
+    code (``torch.compiler.disable``): traced, they would make compiled modules recompile for every stage."""
 
     def __init__(self, modules: list[tuple[str, torch.nn.Module]], device: torch.device):
         self.device, self.events, self.counter = device, [], None
@@ -142,10 +143,12 @@ class StageClock:
     def _flops(self) -> int:
         return self.counter.get_total_flops() if self.counter is not None else 0
 
+    @torch.compiler.disable
     def _start(self, module: torch.nn.Module) -> None:
         synchronize(self.device)
         self._started[id(module)] = (time.perf_counter(), self._flops())
 
+    @torch.compiler.disable
     def _stop(self, module: torch.nn.Module, kind: str) -> None:
         synchronize(self.device)
         start, flops = self._started.pop(id(module))
@@ -573,6 +576,8 @@ def main() -> None:
                     outputs[dtype, size, steps] = output
         if args.compare_float32:
             compare_with_float32(pipe, device, images, args, outputs)
+        if args.compile:
+            compare_with_uncompiled(load_ours(args), device, images, args, outputs)
     released = {run.lr_size: run.seconds for run in runs if run.pipeline == "released"}
     for run in runs:
         if run.pipeline == "ours" and run.steps == 4 and run.lr_size in released:
@@ -594,11 +599,27 @@ def compare_with_float32(pipe, device, images, args, outputs) -> None:
     for dtype, size, steps in pending:
         reference = outputs.get((torch.float32, size, steps))
         if reference is None:
-            reference = pipe(images[size], num_steps=steps, tile=tile_argument(args.tile),
-                             generator=torch.Generator().manual_seed(0), output_type="pt").images
-        difference = (outputs[dtype, size, steps].float() - reference).abs()
-        print(f"{dtype} vs float32, LR {size}, {steps} steps: max |diff| {difference.max():.4f}, mean "
-              f"{difference.mean():.5f}, PSNR {psnr(outputs[dtype, size, steps], reference):.2f} dB (images in [0, 1])")
+            reference = run_once(pipe, images[size], steps, args)
+        print_distance(f"{dtype} vs float32, LR {size}, {steps} steps", outputs[dtype, size, steps], reference)
+
+
+def compare_with_uncompiled(plain, device, images, args, outputs) -> None:
+    """Each compiled output against the uncompiled pipeline's output of the same setting."""
+    for dtype, size, steps in outputs:
+        plain.to(device, dtype)
+        reference = run_once(plain, images[size], steps, args)
+        print_distance(f"compiled vs not, {dtype}, LR {size}, {steps} steps", outputs[dtype, size, steps], reference)
+
+
+def run_once(pipe, image: Image.Image, steps: int, args: argparse.Namespace) -> torch.Tensor:
+    return pipe(image, num_steps=steps, tile=tile_argument(args.tile), generator=torch.Generator().manual_seed(0),
+                output_type="pt").images
+
+
+def print_distance(label: str, output: torch.Tensor, reference: torch.Tensor) -> None:
+    difference = (output.float() - reference.float()).abs()
+    print(f"{label}: max |diff| {difference.max():.2e}, mean {difference.mean():.2e}, PSNR "
+          f"{psnr(output, reference):.2f} dB (images in [0, 1])")
 
 
 if __name__ == "__main__":
