@@ -604,11 +604,14 @@ def compare_with_float32(pipe, device, images, args, outputs) -> None:
 
 
 def compare_with_uncompiled(plain, device, images, args, outputs) -> None:
-    """Each compiled output against the uncompiled pipeline's output of the same setting."""
+    """Each compiled output against the uncompiled pipeline's output of the same setting (and that one run's
+    seconds, its first)."""
     for dtype, size, steps in outputs:
         plain.to(device, dtype)
+        start = time.perf_counter()
         reference = run_once(plain, images[size], steps, args)
-        print_distance(f"compiled vs not, {dtype}, LR {size}, {steps} steps", outputs[dtype, size, steps], reference)
+        label = f"compiled vs not ({time.perf_counter() - start:.2f} s), {dtype}, LR {size}, {steps} steps"
+        print_distance(label, outputs[dtype, size, steps], reference)
 
 
 def run_once(pipe, image: Image.Image, steps: int, args: argparse.Namespace) -> torch.Tensor:

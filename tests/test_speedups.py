@@ -175,8 +175,10 @@ def test_a_psr_decoder_folder_loads_with_the_speedups(tmp_path, monkeypatch):
     assert pipe.psr_decoder.decoder.layers[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_compile_runs_every_network_of_the_pipeline_compiled():
-    """The VAE and PSR decoder are called through encode/decode, which compiling a module's forward misses."""
+def test_compile_runs_every_network_of_the_pipeline_compiled_in_whole_graphs(monkeypatch):
+    """The VAE and PSR decoder are called through encode/decode, which compiling a module's forward misses; the
+    same-output speed-ups (forced onto the tiny models) must not break the compiled graphs."""
+    monkeypatch.setattr(addsr.speedups, "WIDE_CHANNELS", 1)
     torch._dynamo.reset()
     pipe = build_pipe().use_psr_decoder(tiny_decoder())
     expected = run(pipe, lr_image())
@@ -187,7 +189,9 @@ def test_compile_runs_every_network_of_the_pipeline_compiled():
         return graph.forward
 
     assert pipe.compile(backend=recording_backend) is pipe
+    torch._dynamo.utils.counters.clear()
     compiled = run(pipe, lr_image())
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
     traced = {id(t) for graph, inputs in graphs for t in [*graph.parameters(), *inputs]}
     for name, module in [("unet", pipe.unet), ("controlnet", pipe.controlnet), ("vae encoder", pipe.vae.encoder),
                          ("vae decoder", pipe.vae.decoder), ("psr decoder", pipe.psr_decoder.decoder)]:

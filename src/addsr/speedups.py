@@ -42,7 +42,8 @@ def upsampling_kernel(weight: torch.Tensor) -> torch.Tensor:
 
 class TransposedConvUpsample2D(Upsample2D):
     """diffusers' ``Upsample2D`` (nearest 2x, then a 3x3 convolution) run as one transposed convolution. Without
-    gradients the kernel is kept until the weight changes (in place, in storage or in dtype)."""
+    gradients the kernel is kept until the weight changes (in place, in storage or in dtype); compiled code makes
+    it from the weight on every call, since reading a tensor's storage would break the compiled graph."""
 
     def forward(self, hidden_states: torch.Tensor, output_size: tuple[int, int] | None = None, *args, **kwargs):
         doubled = tuple(2 * side for side in hidden_states.shape[-2:])
@@ -52,7 +53,7 @@ class TransposedConvUpsample2D(Upsample2D):
 
     def _kernel(self) -> torch.Tensor:
         weight = self.conv.weight
-        if torch.is_grad_enabled() and weight.requires_grad:
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and weight.requires_grad):
             return upsampling_kernel(weight)
         key = (weight._version, weight.data_ptr(), weight.dtype)
         if getattr(self, "_kernel_key", None) != key:
