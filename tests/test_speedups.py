@@ -203,7 +203,7 @@ def test_compile_runs_every_network_of_the_pipeline_compiled_in_whole_graphs(mon
 def test_every_output_changing_option_is_off_by_default():
     pipe = AddSRPipeline.from_pretrained(device="cpu")
     assert pipe.dtype == torch.float32 and pipe.psr_decoder is None
-    assert all(getattr(model, "_compiled_call_impl", None) is None for model in (pipe.unet, pipe.controlnet, pipe.vae))
+    assert all(getattr(module, "_compiled_call_impl", None) is None for module in pipe._compiled_modules())
     defaults = {name: parameter.default for name, parameter in inspect.signature(upscale).parameters.items()}
     assert defaults["dtype"] == "auto" and defaults["psr_decoder"] is None and defaults["compile"] is False
 
